@@ -1,0 +1,141 @@
+//! What the engine asks adapters to do. Every command is safe to execute twice.
+
+use duplex_model::{Epoch, Generation, HostId, Millis, PairId, Role, UnitId};
+use serde::{Deserialize, Serialize};
+
+/// A timer the engine armed; it comes back as `Event::TimerFired`. Timers are never cancelled:
+/// a timer that no longer matches the unit's state is ignored when it fires.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timer {
+    /// The unit it concerns.
+    pub unit: UnitId,
+    /// What it is for.
+    pub kind: TimerKind,
+    /// The step it belongs to.
+    pub op: u64,
+}
+
+/// Why a timer was armed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimerKind {
+    /// The step `op` must have answered by now.
+    StepDeadline,
+    /// The probation after step `op` ends: no fault since means the ladder resets.
+    Probation,
+}
+
+/// Who a step command is for. `op` comes back in the answer; `epoch` lets the agent refuse a
+/// command from a deposed controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTarget {
+    /// The pair.
+    pub pair: PairId,
+    /// The unit.
+    pub unit: UnitId,
+    /// Where to act.
+    pub host: HostId,
+    /// The step id to answer with.
+    pub op: u64,
+    /// The pair's epoch when the command was issued.
+    pub epoch: Epoch,
+}
+
+/// An instruction to an adapter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Command {
+    /// PH0.5: reset the failed process of the unit.
+    ResetProcess(StepTarget),
+    /// PH1.0: restart the unit's application processes.
+    RestartApplication(StepTarget),
+    /// PH2.0: restart the unit's middleware and application.
+    RestartMiddleware(StepTarget),
+    /// PH2.5/PH3.0/PH3.5: tear the unit down, reload its init info of `from`, reboot its OS.
+    RebootOs {
+        /// Who.
+        target: StepTarget,
+        /// Which generation of init info.
+        from: Generation,
+    },
+    /// Build the unit on `target.host` from its init info (the old incarnation is destroyed by
+    /// a separate `DestroyUnit`).
+    Recreate {
+        /// Who and where.
+        target: StepTarget,
+        /// Which generation of init info.
+        from: Generation,
+    },
+    /// Stop and remove the incarnation of `unit` on `host`; answer with `Released`.
+    DestroyUnit {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+        /// The host of the incarnation to destroy.
+        host: HostId,
+        /// The pair's epoch.
+        epoch: Epoch,
+    },
+    /// The pair leaves duplex operation: stop syncing the SBY's data.
+    StopDuplex {
+        /// The pair.
+        pair: PairId,
+        /// The pair's epoch.
+        epoch: Epoch,
+    },
+    /// The pair runs duplex again: sync the SBY's data from the ACT.
+    ResumeDuplex {
+        /// The pair.
+        pair: PairId,
+        /// The ACT unit.
+        act: UnitId,
+        /// The SBY unit.
+        sby: UnitId,
+        /// The pair's epoch.
+        epoch: Epoch,
+    },
+    /// Tell a unit its role. A demotion from ACT is answered with `Released`.
+    GrantRole {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+        /// Where it runs.
+        host: HostId,
+        /// The role.
+        role: Role,
+        /// The epoch that role holds for.
+        epoch: Epoch,
+    },
+    /// Make sure nothing runs on a lost host any more; answer with `HostFenced`.
+    FenceHost {
+        /// The host.
+        host: HostId,
+    },
+    /// Fire `timer` at `at`.
+    ArmTimer {
+        /// The timer.
+        timer: Timer,
+        /// When.
+        at: Millis,
+    },
+}
+
+impl Command {
+    /// The host this command must be executed on, if it is for one host's agent.
+    pub fn host(&self) -> Option<&HostId> {
+        match self {
+            Command::ResetProcess(t)
+            | Command::RestartApplication(t)
+            | Command::RestartMiddleware(t)
+            | Command::RebootOs { target: t, .. }
+            | Command::Recreate { target: t, .. } => Some(&t.host),
+            Command::DestroyUnit { host, .. } | Command::GrantRole { host, .. } => Some(host),
+            Command::FenceHost { .. }
+            | Command::StopDuplex { .. }
+            | Command::ResumeDuplex { .. }
+            | Command::ArmTimer { .. } => None,
+        }
+    }
+}

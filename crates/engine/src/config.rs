@@ -1,0 +1,153 @@
+//! Recovery policy settings: which policy, where the OS-restart threshold sits, how fault kinds
+//! map onto the ladder, how long each step may take and how long probation lasts.
+
+use std::collections::BTreeMap;
+
+use duplex_model::{FaultKind, Millis, Phase, Policy};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the recovery engine. Every field has a default (DESIGN.md §5); a config file only
+/// names what it changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// What to do when the ACT needs an OS restart or more.
+    pub policy: Policy,
+    /// The first phase that counts as "needs an OS restart" (the seed's S5): PH2.5 or PH3.0.
+    pub threshold: Phase,
+    /// Whether the optional PH3.5 rung (reload from REF) is on the ladder.
+    pub ph35: bool,
+    /// After a recovery step succeeds, a fault of the same unit within this window escalates to
+    /// the next phase; a window without a fault resets the ladder.
+    pub probation_ms: Millis,
+    /// Starting phase per fault kind; kinds not named keep their default.
+    pub fault_phase: BTreeMap<FaultKind, Phase>,
+    /// How long a step of each phase may take before it counts as failed (`auto-heal` is the
+    /// time a recreate on another host may take to boot).
+    pub step_timeout_ms: BTreeMap<Phase, Millis>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            threshold: Phase::Ph25,
+            ph35: true,
+            probation_ms: 10 * 60 * 1000,
+            fault_phase: BTreeMap::new(),
+            step_timeout_ms: BTreeMap::new(),
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineConfigError {
+    /// The threshold must be an OS-restart phase on the ladder below auto-heal.
+    #[error("threshold {given} is not allowed: use PH2.5 (default) or PH3.0")]
+    Threshold {
+        /// The phase given.
+        given: Phase,
+    },
+    /// A fault kind maps to PH3.5 while PH3.5 is off the ladder.
+    #[error("fault_phase.{kind} = \"PH3.5\" but ph35 = false: enable ph35 or map {kind} to another phase")]
+    Ph35Disabled {
+        /// The fault kind.
+        kind: FaultKind,
+    },
+    /// A step timeout of zero would fail every step at once.
+    #[error("step_timeout_ms.{phase} = 0: a step needs time to run; give milliseconds > 0")]
+    ZeroTimeout {
+        /// The phase.
+        phase: Phase,
+    },
+    /// A probation window of zero would never escalate a recurring fault.
+    #[error("probation_ms = 0: give the window in milliseconds (> 0) in which a recurring fault escalates")]
+    ZeroProbation,
+}
+
+impl EngineConfig {
+    /// Checks that the settings can work together.
+    pub fn validate(&self) -> Result<(), EngineConfigError> {
+        if !matches!(self.threshold, Phase::Ph25 | Phase::Ph30) {
+            return Err(EngineConfigError::Threshold { given: self.threshold });
+        }
+        if !self.ph35 {
+            if let Some((&kind, _)) = self.fault_phase.iter().find(|(_, p)| **p == Phase::Ph35) {
+                return Err(EngineConfigError::Ph35Disabled { kind });
+            }
+        }
+        if let Some((&phase, _)) = self.step_timeout_ms.iter().find(|(_, t)| **t == 0) {
+            return Err(EngineConfigError::ZeroTimeout { phase });
+        }
+        if self.probation_ms == 0 {
+            return Err(EngineConfigError::ZeroProbation);
+        }
+        Ok(())
+    }
+
+    /// The phase a fault of `kind` starts at (DESIGN.md §5 unless overridden).
+    pub fn phase_for(&self, kind: FaultKind) -> Phase {
+        if let Some(p) = self.fault_phase.get(&kind) {
+            return *p;
+        }
+        match kind {
+            FaultKind::Process => Phase::Ph05,
+            FaultKind::App => Phase::Ph10,
+            FaultKind::Middleware => Phase::Ph20,
+            FaultKind::Watchdog | FaultKind::OsPanic => Phase::Ph25,
+            FaultKind::DataCorrupt => Phase::Ph30,
+            FaultKind::HostDown => Phase::AutoHeal,
+        }
+    }
+
+    /// How long a step of `phase` may run before it counts as failed.
+    pub fn timeout_for(&self, phase: Phase) -> Millis {
+        if let Some(t) = self.step_timeout_ms.get(&phase) {
+            return *t;
+        }
+        match phase {
+            Phase::Ph05 => 10_000,
+            Phase::Ph10 => 30_000,
+            Phase::Ph20 => 60_000,
+            Phase::Ph25 | Phase::Ph30 | Phase::Ph35 => 300_000,
+            Phase::AutoHeal => 600_000,
+        }
+    }
+
+    /// The rung after `phase` on this ladder.
+    pub fn next_phase(&self, phase: Phase) -> Option<Phase> {
+        phase.next(self.ph35)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_design_table() {
+        let c = EngineConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.phase_for(FaultKind::Process), Phase::Ph05);
+        assert_eq!(c.phase_for(FaultKind::Watchdog), Phase::Ph25);
+        assert_eq!(c.phase_for(FaultKind::DataCorrupt), Phase::Ph30);
+        assert_eq!(c.phase_for(FaultKind::HostDown), Phase::AutoHeal);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let c = EngineConfig { threshold: Phase::Ph20, ..EngineConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("PH2.0"));
+        let mut c = EngineConfig { ph35: false, ..EngineConfig::default() };
+        c.fault_phase.insert(FaultKind::DataCorrupt, Phase::Ph35);
+        assert_eq!(c.validate(), Err(EngineConfigError::Ph35Disabled { kind: FaultKind::DataCorrupt }));
+    }
+
+    #[test]
+    fn overrides_replace_only_what_they_name() {
+        let c: EngineConfig = toml::from_str("fault_phase = { watchdog = \"PH3.0\" }").unwrap();
+        assert_eq!(c.phase_for(FaultKind::Watchdog), Phase::Ph30);
+        assert_eq!(c.phase_for(FaultKind::OsPanic), Phase::Ph25);
+    }
+}

@@ -1,0 +1,91 @@
+//! What the engine is told: facts that happened (past tense) and operator intents.
+
+use duplex_model::{FaultKind, HostId, PairId, UnitId};
+use serde::{Deserialize, Serialize};
+
+use crate::command::Timer;
+
+/// A fact reported to the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A unit was seen failing.
+    FaultReported {
+        /// The unit.
+        unit: UnitId,
+        /// What failed.
+        kind: FaultKind,
+    },
+    /// Step `op` of a unit finished and the unit is up and healthy.
+    UnitUp {
+        /// The unit.
+        unit: UnitId,
+        /// The step it answers.
+        op: u64,
+    },
+    /// Step `op` of a unit failed: the unit did not come up.
+    StepFailed {
+        /// The unit.
+        unit: UnitId,
+        /// The step it answers.
+        op: u64,
+        /// What the driver said.
+        reason: String,
+    },
+    /// The incarnation of `unit` on `host` no longer serves as ACT: it was destroyed, or it
+    /// applied a demotion.
+    Released {
+        /// The unit.
+        unit: UnitId,
+        /// The host of that incarnation.
+        host: HostId,
+    },
+    /// A host's agent went silent or the host died.
+    HostDown {
+        /// The host.
+        host: HostId,
+    },
+    /// A host's agent is reachable again.
+    HostUp {
+        /// The host.
+        host: HostId,
+    },
+    /// Fencing of a lost host is confirmed: nothing on it runs any more.
+    HostFenced {
+        /// The host.
+        host: HostId,
+    },
+    /// A timer armed by the engine expired.
+    TimerFired {
+        /// The timer.
+        timer: Timer,
+    },
+    /// An operator asked for something.
+    Intent(Intent),
+}
+
+/// What an operator may ask for. Rejected with `EngineError::InvalidTransition` when the pair
+/// or unit is not in a state that allows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "intent", rename_all = "kebab-case")]
+pub enum Intent {
+    /// Swap ACT and SBY of a pair running duplex.
+    Switchover {
+        /// The pair.
+        pair: PairId,
+    },
+    /// Take a unit out of service (or back in).
+    UnitMaintenance {
+        /// The unit.
+        unit: UnitId,
+        /// On or off.
+        on: bool,
+    },
+    /// Drain a host: no new units, its ACT units switch over (or undo that).
+    HostMaintenance {
+        /// The host.
+        host: HostId,
+        /// On or off.
+        on: bool,
+    },
+}

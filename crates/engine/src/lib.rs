@@ -1,0 +1,35 @@
+//! The duplex recovery engine: a pure state machine.
+//!
+//! `step(&mut state, event, now) -> Ready`: the caller persists `ready.persist`, records
+//! `ready.notes`, then dispatches `ready.commands`. The engine does no I/O, reads no clock and
+//! draws no random numbers, so the simulator can drive it in virtual time and the controller in
+//! real time with the same results. All recovery policy lives here; see `docs/recovery.md`.
+#![deny(missing_docs)]
+
+mod command;
+mod config;
+mod error;
+mod event;
+mod hosts;
+mod intent;
+pub mod invariants;
+mod note;
+mod ready;
+mod recovery;
+mod roles;
+mod state;
+mod step;
+
+pub use command::{Command, StepTarget, Timer, TimerKind};
+pub use config::{EngineConfig, EngineConfigError};
+pub use error::EngineError;
+pub use event::{Event, Intent};
+pub use intent::describe;
+pub use note::{Decision, Note};
+pub use ready::{Persist, Ready};
+pub use state::{
+    Action, FenceState, Health, Host, HostSpec, Incarnation, Pair, PairSpec, State, Step, Unit,
+};
+pub use step::step;
+
+pub use duplex_model as model;

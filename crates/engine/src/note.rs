@@ -1,0 +1,166 @@
+//! The engine's account of what it decided and why: every state change becomes a note, which
+//! the controller writes to the event history and the simulator prints as the timeline.
+
+use duplex_model::{Epoch, FaultKind, HostId, PairId, Phase, Role, UnitId};
+use serde::{Deserialize, Serialize};
+
+use crate::state::Action;
+
+/// How the engine answered a fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    /// The conventional ladder, at this phase (S4, or S3 when an escalation already runs).
+    Ladder(Phase),
+    /// The seed's duplex restart (S6–S8), recorded at this phase.
+    DuplexRestart(Phase),
+    /// Promote the SBY now and heal the failed ACT onto a spare.
+    HotTakeover(Phase),
+    /// The unit's host is lost: heal it elsewhere.
+    HostLost,
+    /// Nothing to do; the reason says why.
+    Ignored(String),
+}
+
+/// One record of the engine's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "note", rename_all = "kebab-case")]
+pub enum Note {
+    /// A fault was seen and answered.
+    Fault {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+        /// What failed.
+        kind: FaultKind,
+        /// The role the unit held.
+        role: Role,
+        /// The answer.
+        decision: Decision,
+    },
+    /// A recovery step was commanded.
+    StepStarted {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+        /// Where.
+        host: HostId,
+        /// Counted as this ladder phase.
+        phase: Phase,
+        /// What it does.
+        action: Action,
+        /// Its id.
+        op: u64,
+    },
+    /// A recovery step brought the unit up.
+    StepSucceeded {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+        /// Where.
+        host: HostId,
+        /// Its phase.
+        phase: Phase,
+        /// Its id.
+        op: u64,
+    },
+    /// A recovery step failed or timed out.
+    StepFailed {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+        /// Where.
+        host: HostId,
+        /// Its phase.
+        phase: Phase,
+        /// Its id.
+        op: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The probation window passed without a fault: the unit's ladder starts over.
+    LadderReset {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+    },
+    /// The pair left duplex operation.
+    DuplexStopped {
+        /// The pair.
+        pair: PairId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// The pair runs duplex again.
+    DuplexResumed {
+        /// The pair.
+        pair: PairId,
+        /// The ACT.
+        act: UnitId,
+        /// The SBY.
+        sby: UnitId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// A unit was told its role.
+    RoleGranted {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+        /// Where it runs.
+        host: HostId,
+        /// The role.
+        role: Role,
+        /// The epoch.
+        epoch: Epoch,
+    },
+    /// A unit must be promoted but an older ACT incarnation is not yet released or fenced.
+    PromotionWaitsForFence {
+        /// The pair.
+        pair: PairId,
+        /// The unit to promote.
+        unit: UnitId,
+        /// The incarnations still unconfirmed, as `unit@host`.
+        waiting_for: Vec<String>,
+    },
+    /// No spare host can take the unit; it waits until one can. The other unit keeps serving.
+    NoSpareLeft {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+    },
+    /// A host was lost.
+    HostLost {
+        /// The host.
+        host: HostId,
+    },
+    /// A lost host is fenced.
+    HostFenced {
+        /// The host.
+        host: HostId,
+    },
+    /// A host is reachable again.
+    HostReturned {
+        /// The host.
+        host: HostId,
+    },
+    /// An event named something the engine does not know, or came too late to matter.
+    Ignored {
+        /// What and why.
+        what: String,
+    },
+    /// An operator's maintenance flag changed.
+    Maintenance {
+        /// `unit NAME` or `host NAME`.
+        target: String,
+        /// On or off.
+        on: bool,
+    },
+}

@@ -1,0 +1,402 @@
+//! Fault decisions and recovery steps: the ladder (S4/S3), the seed's duplex restart (S6–S7),
+//! hot takeover, auto-heal onto spares. Roles are settled afterwards by `roles::settle` (S8).
+
+use duplex_model::{FaultKind, Generation, HostId, PairId, Phase, Policy, Role, UnitId};
+
+use crate::command::{Command, StepTarget, TimerKind};
+use crate::note::{Decision, Note};
+use crate::state::{Action, Health, Step};
+use crate::step::Cx;
+
+/// A fault report (S2). See `docs/recovery.md` §"Faults during a recovery" for the rules when
+/// the unit is already recovering.
+pub(crate) fn on_fault(cx: &mut Cx<'_>, unit: &UnitId, kind: FaultKind) {
+    let Some((pid, slot)) = cx.locate(unit, "fault") else { return };
+    let u = cx.unit(&pid, slot);
+    let role = u.role;
+    let fault_phase = cx.st.config.phase_for(kind);
+    let note = |decision| Note::Fault { pair: pid.clone(), unit: unit.clone(), kind, role, decision };
+    if u.maintenance {
+        cx.note(note(Decision::Ignored("unit is in maintenance".into())));
+        return;
+    }
+    if kind == FaultKind::HostDown {
+        if let Some(host) = u.host.clone() {
+            crate::hosts::on_host_down(cx, &host);
+        } else {
+            cx.note(note(Decision::Ignored("unit has no host: already waiting for a spare".into())));
+        }
+        return;
+    }
+    match u.health.clone() {
+        Health::WaitingForSpare => {
+            cx.note(note(Decision::Ignored("unit is waiting for a spare, nothing runs".into())));
+        }
+        Health::Recovering(step) if fault_phase <= step.phase => {
+            let why = format!("{} step {} in flight already covers it", step.phase, step.op);
+            cx.note(note(Decision::Ignored(why)));
+        }
+        Health::Recovering(step) => {
+            // A wider fault than the running step can fix: that step has failed.
+            let target = fault_phase.max(next_or_top(cx, step.phase));
+            cx.note(note(Decision::Ladder(target)));
+            abort(cx, &pid, slot, &step);
+            escalate(cx, &pid, slot, target);
+        }
+        Health::Up => decide(cx, &pid, slot, kind, fault_phase),
+    }
+}
+
+/// S3/S5: the decision for a fault of a unit that was up.
+fn decide(cx: &mut Cx<'_>, pid: &PairId, slot: usize, kind: FaultKind, fault_phase: Phase) {
+    let u = cx.unit(pid, slot);
+    let (role, running) = (u.role, u.ladder);
+    let target = match running {
+        Some(reached) => fault_phase.max(next_or_top(cx, reached)),
+        None => fault_phase,
+    };
+    let cfg = &cx.st.config;
+    let threshold = cfg.threshold;
+    let decision = match (role, cfg.policy) {
+        // S3 NO, S5 YES: the seed's method.
+        (Role::Act, Policy::DuplexRestart) if running.is_none() && fault_phase >= threshold => {
+            Decision::DuplexRestart(fault_phase)
+        }
+        (Role::Act, Policy::HotTakeover) if target >= threshold => Decision::HotTakeover(target),
+        // S3 YES or S5 NO: the conventional ladder.
+        _ => Decision::Ladder(target),
+    };
+    cx.note(Note::Fault {
+        pair: pid.clone(),
+        unit: cx.unit(pid, slot).id.clone(),
+        kind,
+        role,
+        decision: decision.clone(),
+    });
+    match decision {
+        Decision::DuplexRestart(phase) => duplex_restart(cx, pid, slot, phase),
+        Decision::HotTakeover(phase) => hot_takeover(cx, pid, slot, phase),
+        Decision::Ladder(phase) => ladder(cx, pid, slot, phase),
+        Decision::HostLost | Decision::Ignored(_) => {}
+    }
+}
+
+fn next_or_top(cx: &Cx<'_>, phase: Phase) -> Phase {
+    cx.st.config.next_phase(phase).unwrap_or(Phase::AutoHeal)
+}
+
+/// S6–S7: stop duplex at once; recreate the ACT on a spare from its init info and, in
+/// parallel, reload and reboot the SBY in place. `roles::settle` makes the first one up ACT (S8).
+fn duplex_restart(cx: &mut Cx<'_>, pid: &PairId, slot: usize, phase: Phase) {
+    let other = 1 - slot;
+    let from = phase.generation().unwrap_or(Generation::Current);
+    // S6: both leave ACT/SBY; the phase goes into both restart counters.
+    cx.demote(pid, slot);
+    set_duplex(cx, pid, false);
+    cx.revoke(pid, other);
+    record(cx, pid, slot, phase);
+    // S7, ACT side: a spare host, or (none left) a reboot in place so it still races.
+    if !recreate_on_spare(cx, pid, slot, phase, from, Vec::new()) {
+        note_no_spare(cx, pid, slot);
+        start_step(cx, pid, slot, phase, Action::RebootOs(from), Vec::new());
+    }
+    // S7, SBY side: reboot in place. An SBY already recovering is in the race as it is.
+    if cx.unit(pid, other).health == Health::Up {
+        record(cx, pid, other, phase);
+        start_step(cx, pid, other, phase, Action::RebootOs(from), Vec::new());
+    }
+}
+
+/// Promote the SBY now (once the failed ACT is released) and heal the failed unit onto a spare,
+/// where it comes back as SBY. Without a serviceable SBY this is a duplex restart.
+fn hot_takeover(cx: &mut Cx<'_>, pid: &PairId, slot: usize, phase: Phase) {
+    let sby = cx.unit(pid, 1 - slot);
+    if !(sby.serviceable() && sby.role == Role::Sby) {
+        duplex_restart(cx, pid, slot, phase.min(Phase::Ph35));
+        return;
+    }
+    cx.demote(pid, slot);
+    record(cx, pid, slot, phase);
+    let from = phase.generation().unwrap_or(Generation::Current);
+    if !recreate_on_spare(cx, pid, slot, phase, from, Vec::new()) {
+        note_no_spare(cx, pid, slot);
+        in_place_or_wait(cx, pid, slot, phase);
+    }
+}
+
+/// One rung of the conventional ladder; the ACT keeps its role while it climbs.
+fn ladder(cx: &mut Cx<'_>, pid: &PairId, slot: usize, phase: Phase) {
+    if phase == Phase::AutoHeal {
+        heal_or_wait(cx, pid, slot, phase);
+    } else {
+        record(cx, pid, slot, phase);
+        start_step(cx, pid, slot, phase, Action::for_phase(phase), Vec::new());
+    }
+}
+
+/// Auto-heal: recreate on a spare, or wait for one without a role.
+pub(crate) fn heal_or_wait(cx: &mut Cx<'_>, pid: &PairId, slot: usize, phase: Phase) {
+    record(cx, pid, slot, phase);
+    if !recreate_on_spare(cx, pid, slot, phase, Generation::Current, Vec::new()) {
+        note_no_spare(cx, pid, slot);
+        lose(cx, pid, slot);
+    }
+}
+
+/// The next rung after a failed step; under hot-takeover an ACT that reaches the threshold is
+/// taken over instead.
+fn escalate(cx: &mut Cx<'_>, pid: &PairId, slot: usize, phase: Phase) {
+    let u = cx.unit(pid, slot);
+    let cfg = &cx.st.config;
+    if u.role == Role::Act && cfg.policy == Policy::HotTakeover && phase >= cfg.threshold {
+        hot_takeover(cx, pid, slot, phase);
+    } else {
+        ladder(cx, pid, slot, phase);
+    }
+}
+
+fn in_place_or_wait(cx: &mut Cx<'_>, pid: &PairId, slot: usize, phase: Phase) {
+    if phase == Phase::AutoHeal {
+        lose(cx, pid, slot);
+    } else {
+        start_step(cx, pid, slot, phase, Action::for_phase(phase), Vec::new());
+    }
+}
+
+/// The ladder reached `phase`: the escalation runs, and the persisted counter counts it.
+fn record(cx: &mut Cx<'_>, pid: &PairId, slot: usize, phase: Phase) {
+    let u = cx.unit_mut(pid, slot);
+    u.ladder = Some(u.ladder.map_or(phase, |p| p.max(phase)));
+    *u.restarts.entry(phase).or_default() += 1;
+}
+
+/// Places the unit on the best spare not in `tried` and starts building it there; the old
+/// incarnation is destroyed (or left to fencing if its host is down). False if no spare fits.
+fn recreate_on_spare(
+    cx: &mut Cx<'_>,
+    pid: &PairId,
+    slot: usize,
+    phase: Phase,
+    from: Generation,
+    tried: Vec<HostId>,
+) -> bool {
+    let id = cx.unit(pid, slot).id.clone();
+    let Some(spare) = cx.st.pick_spare(&id, &tried) else { return false };
+    leave_host(cx, pid, slot);
+    cx.place(&id, Some(spare));
+    start_step(cx, pid, slot, phase, Action::Recreate(from), tried);
+    true
+}
+
+/// Removes the unit's current incarnation: destroyed by its agent if the host is up, otherwise
+/// remembered as an orphan to destroy when the host returns (fencing covers it meanwhile).
+fn leave_host(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
+    let u = cx.unit(pid, slot);
+    let Some(host) = u.host.clone() else { return };
+    let unit = u.id.clone();
+    if cx.st.hosts[&host].up {
+        let epoch = cx.pair(pid).epoch;
+        cx.emit(Command::DestroyUnit { pair: pid.clone(), unit, host, epoch });
+    } else {
+        cx.touch_host(&host);
+        cx.st.hosts.get_mut(&host).expect("placed on a known host").orphans.insert(unit);
+    }
+}
+
+/// No spare and no rung left: the unit waits for a spare, without a role, and the other unit
+/// keeps (or takes) ACT.
+fn lose(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
+    match cx.unit(pid, slot).role {
+        Role::Act => cx.demote(pid, slot),
+        Role::Sby | Role::None => cx.unit_mut(pid, slot).role = Role::None,
+    }
+    leave_host(cx, pid, slot);
+    let id = cx.unit(pid, slot).id.clone();
+    cx.place(&id, None);
+    let u = cx.unit_mut(pid, slot);
+    u.health = Health::WaitingForSpare;
+    u.granted = None;
+}
+
+fn note_no_spare(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
+    let unit = cx.unit(pid, slot).id.clone();
+    cx.note(Note::NoSpareLeft { pair: pid.clone(), unit });
+}
+
+/// Commands one recovery step and arms its deadline.
+fn start_step(
+    cx: &mut Cx<'_>,
+    pid: &PairId,
+    slot: usize,
+    phase: Phase,
+    action: Action,
+    tried: Vec<HostId>,
+) {
+    let timeout = match action {
+        Action::Recreate(_) => cx.st.config.timeout_for(Phase::AutoHeal),
+        Action::ResetProcess
+        | Action::RestartApplication
+        | Action::RestartMiddleware
+        | Action::RebootOs(_) => cx.st.config.timeout_for(phase),
+    };
+    let (now, epoch) = (cx.now, cx.pair(pid).epoch);
+    let u = cx.unit_mut(pid, slot);
+    let host = u.host.clone().expect("a step runs on a placed unit");
+    let op = u.next_op;
+    u.next_op += 1;
+    u.granted = None;
+    let deadline = now + timeout;
+    u.health = Health::Recovering(Step {
+        op,
+        phase,
+        action,
+        host: host.clone(),
+        started_at: now,
+        deadline,
+        tried,
+    });
+    let unit = u.id.clone();
+    let target = StepTarget { pair: pid.clone(), unit: unit.clone(), host: host.clone(), op, epoch };
+    cx.emit(match action {
+        Action::ResetProcess => Command::ResetProcess(target),
+        Action::RestartApplication => Command::RestartApplication(target),
+        Action::RestartMiddleware => Command::RestartMiddleware(target),
+        Action::RebootOs(from) => Command::RebootOs { target, from },
+        Action::Recreate(from) => Command::Recreate { target, from },
+    });
+    cx.arm(&unit, TimerKind::StepDeadline, op, deadline);
+    cx.note(Note::StepStarted { pair: pid.clone(), unit, host, phase, action, op });
+}
+
+/// Stops caring about a step that was overtaken; a half-built recreate is destroyed.
+fn abort(cx: &mut Cx<'_>, pid: &PairId, slot: usize, step: &Step) {
+    if matches!(step.action, Action::Recreate(_)) && cx.st.hosts[&step.host].up {
+        let unit = cx.unit(pid, slot).id.clone();
+        let epoch = cx.pair(pid).epoch;
+        cx.emit(Command::DestroyUnit { pair: pid.clone(), unit, host: step.host.clone(), epoch });
+    }
+}
+
+/// The step answered: the unit is up. Probation starts; roles are settled afterwards.
+pub(crate) fn on_unit_up(cx: &mut Cx<'_>, unit: &UnitId, op: u64) {
+    let Some((pid, slot)) = cx.locate(unit, "unit-up") else { return };
+    let Some(step) = current_step(cx, &pid, slot, op, "unit-up") else { return };
+    cx.unit_mut(&pid, slot).health = Health::Up;
+    cx.note(Note::StepSucceeded {
+        pair: pid.clone(),
+        unit: unit.clone(),
+        host: step.host,
+        phase: step.phase,
+        op,
+    });
+    let at = cx.now + cx.st.config.probation_ms;
+    cx.arm(unit, TimerKind::Probation, op, at);
+}
+
+/// The step answered that it failed.
+pub(crate) fn on_step_failed(cx: &mut Cx<'_>, unit: &UnitId, op: u64, reason: &str) {
+    let Some((pid, slot)) = cx.locate(unit, "step-failed") else { return };
+    if let Some(step) = current_step(cx, &pid, slot, op, "step-failed") {
+        step_failed(cx, &pid, slot, step, reason.to_owned());
+    }
+}
+
+/// The step did not answer in time.
+pub(crate) fn on_step_deadline(cx: &mut Cx<'_>, unit: &UnitId, op: u64) {
+    let Some((pid, slot)) = cx.st.locate(unit) else { return };
+    let step = match cx.unit(&pid, slot).step() {
+        Some(step) if step.op == op => step.clone(),
+        // Stale timers are the normal case (the step answered): no note.
+        _ => return,
+    };
+    let reason = format!("no answer within {} ms", step.deadline - step.started_at);
+    step_failed(cx, &pid, slot, step, reason);
+}
+
+fn current_step(cx: &mut Cx<'_>, pid: &PairId, slot: usize, op: u64, what: &str) -> Option<Step> {
+    match cx.unit(pid, slot).step() {
+        Some(step) if step.op == op => Some(step.clone()),
+        _ => {
+            let unit = cx.unit(pid, slot).id.clone();
+            cx.ignore(format!("{what} for {unit} op {op}: not the step in flight"));
+            None
+        }
+    }
+}
+
+/// A failed recreate moves on to the next spare; a failed in-place step climbs the ladder.
+fn step_failed(cx: &mut Cx<'_>, pid: &PairId, slot: usize, step: Step, reason: String) {
+    let unit = cx.unit(pid, slot).id.clone();
+    cx.note(Note::StepFailed {
+        pair: pid.clone(),
+        unit,
+        host: step.host.clone(),
+        phase: step.phase,
+        op: step.op,
+        reason,
+    });
+    match step.action {
+        Action::Recreate(from) => {
+            let mut tried = step.tried;
+            tried.push(step.host);
+            if !recreate_on_spare(cx, pid, slot, step.phase, from, tried) {
+                note_no_spare(cx, pid, slot);
+                lose(cx, pid, slot);
+            }
+        }
+        Action::ResetProcess
+        | Action::RestartApplication
+        | Action::RestartMiddleware
+        | Action::RebootOs(_) => {
+            let next = next_or_top(cx, step.phase);
+            escalate(cx, pid, slot, next);
+        }
+    }
+}
+
+/// Probation after step `op` passed without a fault: the ladder starts over.
+pub(crate) fn on_probation_end(cx: &mut Cx<'_>, unit: &UnitId, op: u64) {
+    let Some((pid, slot)) = cx.st.locate(unit) else { return };
+    let u = cx.unit(&pid, slot);
+    let last_op = u.next_op - 1;
+    if u.health != Health::Up || u.ladder.is_none() || last_op != op {
+        return;
+    }
+    cx.unit_mut(&pid, slot).ladder = None;
+    cx.note(Note::LadderReset { pair: pid, unit: unit.clone() });
+}
+
+/// Units waiting for a spare get one as soon as capacity appears, in name order.
+pub(crate) fn retry_waiting(cx: &mut Cx<'_>) {
+    if !cx.capacity_freed {
+        return;
+    }
+    cx.capacity_freed = false;
+    let waiting: Vec<UnitId> = cx.st.waiting().cloned().collect();
+    for unit in waiting {
+        let (pid, slot) = cx.st.locate(&unit).expect("waiting units are indexed");
+        if recreate_on_spare(cx, &pid, slot, Phase::AutoHeal, Generation::Current, Vec::new()) {
+            *cx.unit_mut(&pid, slot).restarts.entry(Phase::AutoHeal).or_default() += 1;
+        }
+    }
+}
+
+/// Marks a pair duplex or not; a change is commanded (sync on/off) and noted.
+pub(crate) fn set_duplex(cx: &mut Cx<'_>, pid: &PairId, duplex: bool) {
+    if cx.pair(pid).duplex == duplex {
+        return;
+    }
+    let p = cx.pair_mut(pid);
+    p.duplex = duplex;
+    let epoch = p.epoch;
+    if duplex {
+        let act = p.units.iter().find(|u| u.role == Role::Act).expect("duplex has an ACT");
+        let sby = p.units.iter().find(|u| u.role == Role::Sby).expect("duplex has an SBY");
+        let (act, sby) = (act.id.clone(), sby.id.clone());
+        cx.emit(Command::ResumeDuplex { pair: pid.clone(), act: act.clone(), sby: sby.clone(), epoch });
+        cx.note(Note::DuplexResumed { pair: pid.clone(), act, sby, epoch });
+    } else {
+        cx.emit(Command::StopDuplex { pair: pid.clone(), epoch });
+        cx.note(Note::DuplexStopped { pair: pid.clone(), epoch });
+    }
+}

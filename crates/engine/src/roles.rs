@@ -1,0 +1,103 @@
+//! Who is ACT: the seed's S8 ("the first one up becomes ACT, the later one SBY") generalised to
+//! every path, with fence before promote and epochs that only grow.
+
+use duplex_model::{HostId, PairId, Role, UnitId};
+
+use crate::note::Note;
+use crate::recovery::set_duplex;
+use crate::state::{Incarnation, Pair};
+use crate::step::Cx;
+
+/// Brings a pair's roles in line with its units' health. Runs at the end of every step for
+/// every pair the step touched.
+///
+/// 1. Nobody holds ACT: the first serviceable unit takes it (the SBY first, its data is in
+///    sync; then slot order). Because this runs after each event, "first" is "first up" (S8).
+/// 2. The ACT holder is told, at a new epoch if it is a new incarnation, but only once no other
+///    incarnation that once held ACT may still believe it does (fence before promote).
+/// 3. The other serviceable unit is SBY at the same epoch.
+/// 4. Duplex is on exactly when both are serving and told their role.
+pub(crate) fn settle(cx: &mut Cx<'_>, pid: &PairId) {
+    let pair = cx.pair(pid);
+    if pair.act_index().is_none() {
+        let candidate = (0..2)
+            .filter(|s| pair.units[*s].serviceable())
+            .min_by_key(|s| (pair.units[*s].role != Role::Sby, *s));
+        if let Some(slot) = candidate {
+            cx.unit_mut(pid, slot).role = Role::Act;
+        }
+    }
+    if let Some(act) = cx.pair(pid).act_index() {
+        if cx.unit(pid, act).serviceable() {
+            grant_act(cx, pid, act);
+        }
+        let sby = 1 - act;
+        if cx.unit(pid, sby).serviceable() {
+            cx.unit_mut(pid, sby).role = Role::Sby;
+            tell(cx, pid, sby);
+        }
+    }
+    let duplex = is_duplex(cx.pair(pid));
+    set_duplex(cx, pid, duplex);
+}
+
+fn grant_act(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
+    let inc = cx.unit(pid, slot).incarnation().expect("a serviceable unit is placed");
+    let pair = cx.pair(pid);
+    let blockers: Vec<String> = pair
+        .unreleased
+        .iter()
+        .filter(|i| **i != inc)
+        .map(|i| format!("{}@{}", i.unit, i.host))
+        .collect();
+    if !blockers.is_empty() {
+        if !pair.promotion_blocked {
+            cx.pair_mut(pid).promotion_blocked = true;
+            let unit = inc.unit.clone();
+            cx.note(Note::PromotionWaitsForFence { pair: pid.clone(), unit, waiting_for: blockers });
+        }
+        return;
+    }
+    // The same incarnation holding on (e.g. restarted in place) keeps its epoch; anyone else
+    // gets a new one.
+    let continuing = pair.last_act.as_ref() == Some(&inc) && pair.unreleased.contains(&inc);
+    if pair.promotion_blocked {
+        cx.pair_mut(pid).promotion_blocked = false;
+    }
+    if !continuing {
+        cx.bump_epoch(pid);
+        let p = cx.pair_mut(pid);
+        p.last_act = Some(inc.clone());
+        p.unreleased.insert(inc);
+    }
+    tell(cx, pid, slot);
+}
+
+/// Sends the unit its role at the pair's epoch unless it already has exactly that.
+fn tell(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
+    let epoch = cx.pair(pid).epoch;
+    let u = cx.unit(pid, slot);
+    let want = (u.role, epoch);
+    if u.granted == Some(want) {
+        return;
+    }
+    let (id, host) = (u.id.clone(), u.host.clone().expect("a serviceable unit is placed"));
+    cx.unit_mut(pid, slot).granted = Some(want);
+    cx.grant(pid, &id, &host, want.0, epoch);
+}
+
+fn is_duplex(pair: &Pair) -> bool {
+    let told = |role: Role| {
+        pair.units.iter().any(|u| u.role == role && u.serviceable() && u.granted == Some((role, pair.epoch)))
+    };
+    told(Role::Act) && told(Role::Sby)
+}
+
+/// The incarnation of `unit` on `host` confirmed it no longer serves.
+pub(crate) fn on_released(cx: &mut Cx<'_>, unit: &UnitId, host: &HostId) {
+    let Some((pid, _)) = cx.locate(unit, "released") else { return };
+    let inc = Incarnation { unit: unit.clone(), host: host.clone() };
+    if cx.pair(&pid).unreleased.contains(&inc) {
+        cx.pair_mut(&pid).unreleased.remove(&inc);
+    }
+}

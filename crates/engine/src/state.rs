@@ -1,0 +1,448 @@
+//! What the engine knows: hosts, pairs, units, roles, epochs, ladders and steps in flight.
+//!
+//! Everything here is serialisable so the controller can persist it; the indexes (unit → pair,
+//! host → units) are derived and rebuilt by [`State::reindex`] after loading.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use duplex_model::{Epoch, Generation, HostId, Millis, PairId, Phase, Role, UnitId};
+use serde::{Deserialize, Serialize};
+
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+
+/// A host and what the engine believes about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// Its name.
+    pub id: HostId,
+    /// Whether recovery may recreate units here.
+    pub spare: bool,
+    /// How many units it can hold.
+    pub capacity: u32,
+    /// Whether its agent is reachable.
+    pub up: bool,
+    /// Fencing of this host, if it was lost.
+    pub fence: FenceState,
+    /// Drained by an operator: no new units, its ACTs are switched over.
+    pub maintenance: bool,
+    /// Units whose stale incarnation may still sit on this host; destroyed when it returns.
+    pub orphans: BTreeSet<UnitId>,
+}
+
+/// Where fencing of a lost host stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceState {
+    /// Not lost, nothing to fence.
+    Clear,
+    /// Lost; a `FenceHost` command is out and no confirmation came yet.
+    Requested,
+    /// Confirmed: nothing on it runs any more.
+    Done,
+}
+
+impl Host {
+    /// Whether new units may be placed here right now.
+    pub fn usable(&self) -> bool {
+        self.up && self.fence == FenceState::Clear && !self.maintenance
+    }
+}
+
+/// One incarnation of a unit: the unit as it runs on one host. A unit that moves host is a new
+/// incarnation; the old one may keep believing it is ACT until it is released or fenced.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Incarnation {
+    /// The unit.
+    pub unit: UnitId,
+    /// Where it runs.
+    pub host: HostId,
+}
+
+/// What a recovery step does to a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// PH0.5: reset the failed process.
+    ResetProcess,
+    /// PH1.0: restart the application.
+    RestartApplication,
+    /// PH2.0: restart middleware and application.
+    RestartMiddleware,
+    /// PH2.5–PH3.5: reload the init info of this generation and reboot the OS, same host.
+    RebootOs(Generation),
+    /// Build the unit afresh on another host from its init info.
+    Recreate(Generation),
+}
+
+impl Action {
+    /// The in-place action of a ladder phase; auto-heal recreates elsewhere.
+    pub fn for_phase(phase: Phase) -> Action {
+        match phase {
+            Phase::Ph05 => Action::ResetProcess,
+            Phase::Ph10 => Action::RestartApplication,
+            Phase::Ph20 => Action::RestartMiddleware,
+            Phase::Ph25 => Action::RebootOs(Generation::Current),
+            Phase::Ph30 => Action::RebootOs(Generation::Laf),
+            Phase::Ph35 => Action::RebootOs(Generation::Ref),
+            Phase::AutoHeal => Action::Recreate(Generation::Current),
+        }
+    }
+
+    /// A short label for timelines (`PH2.5`, `recreate`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::ResetProcess => "reset-process",
+            Action::RestartApplication => "restart-app",
+            Action::RestartMiddleware => "restart-middleware",
+            Action::RebootOs(_) => "reboot-os",
+            Action::Recreate(_) => "recreate",
+        }
+    }
+}
+
+/// A recovery step in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Identifies this step in `UnitUp`/`StepFailed` answers and its deadline timer.
+    pub op: u64,
+    /// The ladder phase this step counts as.
+    pub phase: Phase,
+    /// What it does.
+    pub action: Action,
+    /// Where it runs.
+    pub host: HostId,
+    /// When it was commanded.
+    pub started_at: Millis,
+    /// When it counts as failed if no answer came.
+    pub deadline: Millis,
+    /// Spare hosts already tried by this heal (a recreate moves on to the next spare).
+    pub tried: Vec<HostId>,
+}
+
+/// Whether a unit works.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Running and healthy.
+    Up,
+    /// A recovery step is running.
+    Recovering(Step),
+    /// It lost its host and no spare is left; it is recreated when one appears.
+    WaitingForSpare,
+}
+
+/// One member of a pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    /// Its name.
+    pub id: UnitId,
+    /// Where its current incarnation runs or is being built; `None` while waiting for a spare.
+    pub host: Option<HostId>,
+    /// The role the engine wants it to have.
+    pub role: Role,
+    /// Whether it works.
+    pub health: Health,
+    /// The ladder phase reached by the escalation running for this unit (the seed's S3
+    /// question); `None` when no escalation runs.
+    pub ladder: Option<Phase>,
+    /// Persisted restart counters: how many steps of each phase this unit went through.
+    pub restarts: BTreeMap<Phase, u32>,
+    /// Taken out of service by an operator: no role, faults are recorded but not acted on.
+    pub maintenance: bool,
+    /// The role and epoch last sent to the current incarnation; `None` after it restarted.
+    pub granted: Option<(Role, Epoch)>,
+    /// Next step id.
+    pub next_op: u64,
+}
+
+impl Unit {
+    fn new(id: UnitId, host: HostId, role: Role, epoch: Epoch) -> Self {
+        Self {
+            id,
+            host: Some(host),
+            role,
+            health: Health::Up,
+            ladder: None,
+            restarts: BTreeMap::new(),
+            maintenance: false,
+            granted: Some((role, epoch)),
+            next_op: 1,
+        }
+    }
+
+    /// Up and not in maintenance: it can hold a role.
+    pub fn serviceable(&self) -> bool {
+        self.health == Health::Up && !self.maintenance
+    }
+
+    /// The step in flight, if any.
+    pub fn step(&self) -> Option<&Step> {
+        match &self.health {
+            Health::Recovering(step) => Some(step),
+            Health::Up | Health::WaitingForSpare => None,
+        }
+    }
+
+    /// The incarnation running now, if placed.
+    pub fn incarnation(&self) -> Option<Incarnation> {
+        self.host.clone().map(|host| Incarnation { unit: self.id.clone(), host })
+    }
+}
+
+/// A duplex pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pair {
+    /// Its name.
+    pub id: PairId,
+    /// The fencing token: grows with each change of the ACT holder.
+    pub epoch: Epoch,
+    /// Its two units.
+    pub units: [Unit; 2],
+    /// Whether it runs duplex: an ACT and an SBY, both up, both told their role.
+    pub duplex: bool,
+    /// The incarnation last granted ACT.
+    pub last_act: Option<Incarnation>,
+    /// Incarnations that were granted ACT and are not yet confirmed released or fenced. A new
+    /// ACT is granted only when no other incarnation is left here (fence before promote).
+    pub unreleased: BTreeSet<Incarnation>,
+    /// A promotion waits for `unreleased` to drain (noted once when it starts waiting).
+    #[serde(default)]
+    pub promotion_blocked: bool,
+}
+
+impl Pair {
+    /// The index of the unit holding the ACT role.
+    pub fn act_index(&self) -> Option<usize> {
+        self.units.iter().position(|u| u.role == Role::Act)
+    }
+
+    /// The unit serving as ACT right now: ACT role, up, and told so at the current epoch.
+    pub fn serving_act(&self) -> Option<&Unit> {
+        self.units.iter().find(|u| {
+            u.role == Role::Act && u.serviceable() && u.granted == Some((Role::Act, self.epoch))
+        })
+    }
+}
+
+/// A host as configured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSpec {
+    /// Its name.
+    pub id: HostId,
+    /// Whether it is a spare.
+    pub spare: bool,
+    /// How many units it holds.
+    pub capacity: u32,
+}
+
+/// A pair as configured, running duplex at start: `act` on `act_host`, `sby` on `sby_host`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairSpec {
+    /// Its name.
+    pub id: PairId,
+    /// The unit that starts as ACT.
+    pub act: UnitId,
+    /// Where it runs.
+    pub act_host: HostId,
+    /// The unit that starts as SBY.
+    pub sby: UnitId,
+    /// Where it runs.
+    pub sby_host: HostId,
+}
+
+/// Everything the engine knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Recovery settings.
+    pub config: EngineConfig,
+    /// Hosts by name.
+    pub hosts: BTreeMap<HostId, Host>,
+    /// Pairs by name.
+    pub pairs: BTreeMap<PairId, Pair>,
+    #[serde(skip)]
+    pub(crate) index: Index,
+}
+
+/// Derived lookups, rebuilt after loading.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Index {
+    /// Unit → (pair, slot).
+    pub units: BTreeMap<UnitId, (PairId, usize)>,
+    /// Host → units placed on it (running or being built there).
+    pub placed: BTreeMap<HostId, BTreeSet<UnitId>>,
+    /// Units waiting for a spare.
+    pub waiting: BTreeSet<UnitId>,
+    /// Spare hosts.
+    pub spares: BTreeSet<HostId>,
+}
+
+impl State {
+    /// A state in which every pair runs duplex at epoch 1, as configured.
+    pub fn new(
+        config: EngineConfig,
+        hosts: Vec<HostSpec>,
+        pairs: Vec<PairSpec>,
+    ) -> Result<State, EngineError> {
+        config.validate()?;
+        let mut st = State {
+            config,
+            hosts: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+            index: Index::default(),
+        };
+        for h in hosts {
+            if st.hosts.contains_key(&h.id) {
+                return Err(EngineError::DuplicateHost { host: h.id });
+            }
+            let host = Host {
+                id: h.id.clone(),
+                spare: h.spare,
+                capacity: h.capacity,
+                up: true,
+                fence: FenceState::Clear,
+                maintenance: false,
+                orphans: BTreeSet::new(),
+            };
+            st.hosts.insert(h.id, host);
+        }
+        let mut seen_units = BTreeSet::new();
+        for p in pairs {
+            st.add_pair(p, &mut seen_units)?;
+        }
+        st.reindex();
+        for (id, units) in &st.index.placed {
+            let host = &st.hosts[id];
+            if units.len() > host.capacity as usize {
+                return Err(EngineError::OverCapacity {
+                    host: id.clone(),
+                    capacity: host.capacity,
+                    placed: units.len(),
+                });
+            }
+        }
+        Ok(st)
+    }
+
+    fn add_pair(&mut self, p: PairSpec, seen: &mut BTreeSet<UnitId>) -> Result<(), EngineError> {
+        if self.pairs.contains_key(&p.id) {
+            return Err(EngineError::DuplicatePair { pair: p.id });
+        }
+        for (unit, host) in [(&p.act, &p.act_host), (&p.sby, &p.sby_host)] {
+            if !self.hosts.contains_key(host) {
+                return Err(EngineError::UnknownHost { pair: p.id.clone(), host: host.clone() });
+            }
+            if !seen.insert(unit.clone()) {
+                return Err(EngineError::DuplicateUnit { unit: unit.clone() });
+            }
+        }
+        if p.act_host == p.sby_host {
+            return Err(EngineError::SameHost { pair: p.id, host: p.act_host });
+        }
+        let epoch = Epoch(1);
+        let act = Unit::new(p.act.clone(), p.act_host.clone(), Role::Act, epoch);
+        let sby = Unit::new(p.sby, p.sby_host, Role::Sby, epoch);
+        let last_act = act.incarnation();
+        let pair = Pair {
+            id: p.id.clone(),
+            epoch,
+            units: [act, sby],
+            duplex: true,
+            unreleased: last_act.iter().cloned().collect(),
+            last_act,
+            promotion_blocked: false,
+        };
+        self.pairs.insert(p.id, pair);
+        Ok(())
+    }
+
+    /// Rebuilds the derived lookups; call after deserialising a persisted state.
+    pub fn reindex(&mut self) {
+        let mut index = Index::default();
+        for (hid, h) in &self.hosts {
+            if h.spare {
+                index.spares.insert(hid.clone());
+            }
+        }
+        for (pid, pair) in &self.pairs {
+            for (slot, unit) in pair.units.iter().enumerate() {
+                index.units.insert(unit.id.clone(), (pid.clone(), slot));
+                match &unit.host {
+                    Some(h) => {
+                        index.placed.entry(h.clone()).or_default().insert(unit.id.clone());
+                    }
+                    None => {
+                        index.waiting.insert(unit.id.clone());
+                    }
+                }
+            }
+        }
+        self.index = index;
+    }
+
+    /// Where a unit lives: its pair and slot.
+    pub fn locate(&self, unit: &UnitId) -> Option<(PairId, usize)> {
+        self.index.units.get(unit).cloned()
+    }
+
+    /// A unit by name.
+    pub fn unit(&self, unit: &UnitId) -> Option<&Unit> {
+        let (pair, slot) = self.index.units.get(unit)?;
+        Some(&self.pairs[pair].units[*slot])
+    }
+
+    /// How many units are placed on a host.
+    pub fn load(&self, host: &HostId) -> usize {
+        self.index.placed.get(host).map_or(0, BTreeSet::len)
+    }
+
+    /// Units placed on a host, in name order.
+    pub fn placed_on(&self, host: &HostId) -> Vec<UnitId> {
+        self.index.placed.get(host).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Units waiting for a spare, in name order.
+    pub fn waiting(&self) -> impl Iterator<Item = &UnitId> {
+        self.index.waiting.iter()
+    }
+
+    /// Moves a unit's placement (and the derived index).
+    pub(crate) fn place(&mut self, unit: &UnitId, host: Option<HostId>) {
+        let Some((pid, slot)) = self.locate(unit) else { return };
+        let u = &mut self.pairs.get_mut(&pid).expect("indexed pair").units[slot];
+        if let Some(old) = u.host.take() {
+            if let Some(set) = self.index.placed.get_mut(&old) {
+                set.remove(unit);
+            }
+        }
+        self.index.waiting.remove(unit);
+        match &host {
+            Some(h) => {
+                self.index.placed.entry(h.clone()).or_default().insert(unit.clone());
+            }
+            None => {
+                self.index.waiting.insert(unit.clone());
+            }
+        }
+        u.host = host;
+    }
+
+    /// The best spare for a unit: usable, with room, not holding the pair's other unit, not the
+    /// unit's own host, not tried yet; least loaded first, then by name (deterministic).
+    pub fn pick_spare(&self, unit: &UnitId, tried: &[HostId]) -> Option<HostId> {
+        let (pid, slot) = self.locate(unit)?;
+        let pair = &self.pairs[&pid];
+        let own = pair.units[slot].host.as_ref();
+        let other = pair.units[1 - slot].host.as_ref();
+        self.index
+            .spares
+            .iter()
+            .filter(|h| Some(*h) != own && Some(*h) != other && !tried.contains(h))
+            .filter(|h| {
+                let host = &self.hosts[*h];
+                host.usable() && self.load(h) < host.capacity as usize
+            })
+            .min_by_key(|h| (self.load(h), (*h).clone()))
+            .cloned()
+    }
+}

@@ -1,0 +1,163 @@
+//! The entry point: one event in, one `Ready` out.
+
+use duplex_model::{Epoch, HostId, Millis, PairId, Role, UnitId};
+
+use crate::command::{Command, Timer, TimerKind};
+use crate::event::Event;
+use crate::note::Note;
+use crate::ready::Ready;
+use crate::state::{Pair, State, Unit};
+use crate::{hosts, intent, recovery, roles};
+
+/// Feeds one event to the engine at time `now` and returns what to persist and do.
+///
+/// Pure: the same state, event and `now` always give the same result.
+pub fn step(state: &mut State, event: Event, now: Millis) -> Ready {
+    let mut cx = Cx { st: state, now, ready: Ready::default(), capacity_freed: false };
+    match event {
+        Event::FaultReported { unit, kind } => recovery::on_fault(&mut cx, &unit, kind),
+        Event::UnitUp { unit, op } => recovery::on_unit_up(&mut cx, &unit, op),
+        Event::StepFailed { unit, op, reason } => recovery::on_step_failed(&mut cx, &unit, op, &reason),
+        Event::Released { unit, host } => roles::on_released(&mut cx, &unit, &host),
+        Event::HostDown { host } => hosts::on_host_down(&mut cx, &host),
+        Event::HostUp { host } => hosts::on_host_up(&mut cx, &host),
+        Event::HostFenced { host } => hosts::on_host_fenced(&mut cx, &host),
+        Event::TimerFired { timer } => on_timer(&mut cx, &timer),
+        Event::Intent(intent) => {
+            if let Err(e) = intent::apply(&mut cx, intent) {
+                // An intent is all or nothing; the checks run before any change.
+                debug_assert!(cx.ready.commands.is_empty());
+                cx.ready.rejected = Some(e);
+            }
+        }
+    }
+    cx.finish()
+}
+
+fn on_timer(cx: &mut Cx<'_>, timer: &Timer) {
+    match timer.kind {
+        TimerKind::StepDeadline => recovery::on_step_deadline(cx, &timer.unit, timer.op),
+        TimerKind::Probation => recovery::on_probation_end(cx, &timer.unit, timer.op),
+    }
+}
+
+/// The working context of one step: the state, the time, and the `Ready` being built.
+pub(crate) struct Cx<'a> {
+    pub st: &'a mut State,
+    pub now: Millis,
+    pub ready: Ready,
+    /// A spare may have room again: units waiting for one are retried at the end of the step.
+    pub capacity_freed: bool,
+}
+
+impl Cx<'_> {
+    pub fn emit(&mut self, command: Command) {
+        self.ready.commands.push(command);
+    }
+
+    pub fn note(&mut self, note: Note) {
+        self.ready.notes.push(note);
+    }
+
+    pub fn ignore(&mut self, what: String) {
+        self.note(Note::Ignored { what });
+    }
+
+    pub fn touch_host(&mut self, host: &HostId) {
+        self.ready.persist.hosts.insert(host.clone());
+    }
+
+    pub fn pair(&self, pair: &PairId) -> &Pair {
+        &self.st.pairs[pair]
+    }
+
+    pub fn pair_mut(&mut self, pair: &PairId) -> &mut Pair {
+        self.ready.persist.pairs.insert(pair.clone());
+        self.st.pairs.get_mut(pair).expect("pair ids come from the index")
+    }
+
+    pub fn unit(&self, pair: &PairId, slot: usize) -> &Unit {
+        &self.st.pairs[pair].units[slot]
+    }
+
+    pub fn unit_mut(&mut self, pair: &PairId, slot: usize) -> &mut Unit {
+        &mut self.pair_mut(pair).units[slot]
+    }
+
+    /// Finds a unit named by an event; notes and returns `None` when it is unknown.
+    pub fn locate(&mut self, unit: &UnitId, context: &str) -> Option<(PairId, usize)> {
+        let found = self.st.locate(unit);
+        if found.is_none() {
+            self.ignore(format!("{context} for unknown unit {unit}"));
+        }
+        found
+    }
+
+    /// Bumps the pair's epoch and returns the new one.
+    pub fn bump_epoch(&mut self, pair: &PairId) -> Epoch {
+        let p = self.pair_mut(pair);
+        p.epoch = p.epoch.next();
+        p.epoch
+    }
+
+    /// Takes a unit's role away at a new epoch. Telling it is only possible if its host is up;
+    /// a demoted ACT stays in `unreleased` until it answers `Released` or its host is fenced.
+    pub fn demote(&mut self, pair: &PairId, slot: usize) {
+        self.bump_epoch(pair);
+        self.revoke(pair, slot);
+    }
+
+    /// Takes a unit's role away at the current epoch and tells it, if it can be told.
+    pub fn revoke(&mut self, pair: &PairId, slot: usize) {
+        let epoch = self.pair(pair).epoch;
+        let unit = self.unit_mut(pair, slot);
+        unit.role = Role::None;
+        let Some(host) = unit.host.clone() else { return };
+        let id = unit.id.clone();
+        if unit.granted.is_some() && self.st.hosts[&host].up {
+            self.unit_mut(pair, slot).granted = Some((Role::None, epoch));
+            self.grant(pair, &id, &host, Role::None, epoch);
+        }
+    }
+
+    pub fn grant(&mut self, pair: &PairId, unit: &UnitId, host: &HostId, role: Role, epoch: Epoch) {
+        self.emit(Command::GrantRole {
+            pair: pair.clone(),
+            unit: unit.clone(),
+            host: host.clone(),
+            role,
+            epoch,
+        });
+        self.note(Note::RoleGranted {
+            pair: pair.clone(),
+            unit: unit.clone(),
+            host: host.clone(),
+            role,
+            epoch,
+        });
+    }
+
+    /// Moves a unit to another host (or to none while it waits for a spare).
+    pub fn place(&mut self, unit: &UnitId, host: Option<HostId>) {
+        if let Some(old) = self.st.unit(unit).and_then(|u| u.host.clone()) {
+            self.capacity_freed |= self.st.hosts[&old].spare;
+        }
+        self.st.place(unit, host);
+    }
+
+    pub fn arm(&mut self, unit: &UnitId, kind: TimerKind, op: u64, at: Millis) {
+        self.emit(Command::ArmTimer { timer: Timer { unit: unit.clone(), kind, op }, at });
+    }
+
+    /// Settles roles of every pair touched, then hands back the result.
+    fn finish(mut self) -> Ready {
+        if self.ready.rejected.is_none() {
+            recovery::retry_waiting(&mut self);
+            let touched: Vec<PairId> = self.ready.persist.pairs.iter().cloned().collect();
+            for pair in touched {
+                roles::settle(&mut self, &pair);
+            }
+        }
+        self.ready
+    }
+}

@@ -1,0 +1,14 @@
+//! The vocabulary of duplex (see `docs/recovery.md` and DESIGN.md §1, §5).
+//!
+//! Types only: identifiers, the restart phases of the escalation ladder, fault kinds, roles,
+//! epochs and policies. Every other crate speaks these words; this crate does no I/O and decides
+//! nothing.
+#![deny(missing_docs)]
+
+mod ids;
+mod phase;
+mod vocab;
+
+pub use ids::{HostId, PairId, UnitId};
+pub use phase::{Generation, Phase, PhaseParseError};
+pub use vocab::{Epoch, FaultKind, Millis, Policy, Role, VocabParseError};
