@@ -23,6 +23,8 @@ pub enum TimerKind {
     StepDeadline,
     /// The probation after step `op` ends: no fault since means the ladder resets.
     Probation,
+    /// A quarantined spare becomes usable again: a unit waiting for a spare tries again.
+    SpareRetry,
 }
 
 /// Who a step command is for. `op` comes back in the answer; `epoch` lets the agent refuse a

@@ -25,6 +25,8 @@ pub struct EngineConfig {
     /// How long a step of each phase may take before it counts as failed (`auto-heal` is the
     /// time a recreate on another host may take to boot).
     pub step_timeout_ms: BTreeMap<Phase, Millis>,
+    /// A spare on which a recreate failed takes no new unit for this long (0: no quarantine).
+    pub quarantine_ms: Millis,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +38,7 @@ impl Default for EngineConfig {
             probation_ms: 10 * 60 * 1000,
             fault_phase: BTreeMap::new(),
             step_timeout_ms: BTreeMap::new(),
+            quarantine_ms: 30 * 60 * 1000,
         }
     }
 }

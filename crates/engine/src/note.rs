@@ -136,6 +136,13 @@ pub enum Note {
         /// The unit.
         unit: UnitId,
     },
+    /// A unit failed to come up on this spare; it takes no new unit until `until`.
+    HostQuarantined {
+        /// The host.
+        host: HostId,
+        /// Until when (ms).
+        until: duplex_model::Millis,
+    },
     /// A host was lost.
     HostLost {
         /// The host.

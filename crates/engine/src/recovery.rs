@@ -216,6 +216,33 @@ fn lose(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
     let u = cx.unit_mut(pid, slot);
     u.health = Health::WaitingForSpare;
     u.granted = None;
+    let op = u.next_op;
+    // Try again when the first quarantined spare is released, if any is.
+    let now = cx.now;
+    let release = cx.st.hosts.values().filter(|h| h.spare).filter_map(|h| h.quarantined_until).filter(|t| *t > now).min();
+    if let Some(at) = release {
+        cx.arm(&id, TimerKind::SpareRetry, op, at);
+    }
+}
+
+/// A spare that failed to bring a unit up takes none for a while, so a broken spare is not
+/// tried again and again.
+fn quarantine(cx: &mut Cx<'_>, host: &HostId) {
+    let ms = cx.st.config.quarantine_ms;
+    if ms == 0 {
+        return;
+    }
+    let until = cx.now + ms;
+    cx.touch_host(host);
+    cx.st.hosts.get_mut(host).expect("steps run on known hosts").quarantined_until = Some(until);
+    cx.note(Note::HostQuarantined { host: host.clone(), until });
+}
+
+/// A quarantine ended: a waiting unit looks for a spare again.
+pub(crate) fn on_spare_retry(cx: &mut Cx<'_>, unit: &UnitId) {
+    if cx.st.unit(unit).is_some_and(|u| u.health == Health::WaitingForSpare) {
+        cx.capacity_freed = true;
+    }
 }
 
 fn note_no_spare(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
@@ -337,6 +364,7 @@ fn step_failed(cx: &mut Cx<'_>, pid: &PairId, slot: usize, step: Step, reason: S
     });
     match step.action {
         Action::Recreate(from) => {
+            quarantine(cx, &step.host);
             let mut tried = step.tried;
             tried.push(step.host);
             if !recreate_on_spare(cx, pid, slot, step.phase, from, tried) {

@@ -28,6 +28,10 @@ pub struct Host {
     pub maintenance: bool,
     /// Units whose stale incarnation may still sit on this host; destroyed when it returns.
     pub orphans: BTreeSet<UnitId>,
+    /// A unit failed to come up here: no recreates here until then (a broken spare is not
+    /// retried in a loop).
+    #[serde(default)]
+    pub quarantined_until: Option<Millis>,
 }
 
 /// Where fencing of a lost host stands.
@@ -44,8 +48,11 @@ pub enum FenceState {
 
 impl Host {
     /// Whether new units may be placed here right now.
-    pub fn usable(&self) -> bool {
-        self.up && self.fence == FenceState::Clear && !self.maintenance
+    pub fn usable(&self, now: Millis) -> bool {
+        self.up
+            && self.fence == FenceState::Clear
+            && !self.maintenance
+            && self.quarantined_until.is_none_or(|t| t <= now)
     }
 }
 
@@ -260,6 +267,9 @@ pub struct State {
     pub hosts: BTreeMap<HostId, Host>,
     /// Pairs by name.
     pub pairs: BTreeMap<PairId, Pair>,
+    /// The latest time the engine was told.
+    #[serde(default)]
+    pub now: Millis,
     #[serde(skip)]
     pub(crate) index: Index,
 }
@@ -289,6 +299,7 @@ impl State {
             config,
             hosts: BTreeMap::new(),
             pairs: BTreeMap::new(),
+            now: 0,
             index: Index::default(),
         };
         for h in hosts {
@@ -303,6 +314,7 @@ impl State {
                 fence: FenceState::Clear,
                 maintenance: false,
                 orphans: BTreeSet::new(),
+                quarantined_until: None,
             };
             st.hosts.insert(h.id, host);
         }
@@ -440,7 +452,7 @@ impl State {
             .filter(|h| Some(*h) != own && Some(*h) != other && !tried.contains(h))
             .filter(|h| {
                 let host = &self.hosts[*h];
-                host.usable() && self.load(h) < host.capacity as usize
+                host.usable(self.now) && self.load(h) < host.capacity as usize
             })
             .min_by_key(|h| (self.load(h), (*h).clone()))
             .cloned()

@@ -13,6 +13,7 @@ use crate::{hosts, intent, recovery, roles};
 ///
 /// Pure: the same state, event and `now` always give the same result.
 pub fn step(state: &mut State, event: Event, now: Millis) -> Ready {
+    state.now = state.now.max(now);
     let mut cx = Cx { st: state, now, ready: Ready::default(), capacity_freed: false };
     match event {
         Event::FaultReported { unit, kind } => recovery::on_fault(&mut cx, &unit, kind),
@@ -38,6 +39,7 @@ fn on_timer(cx: &mut Cx<'_>, timer: &Timer) {
     match timer.kind {
         TimerKind::StepDeadline => recovery::on_step_deadline(cx, &timer.unit, timer.op),
         TimerKind::Probation => recovery::on_probation_end(cx, &timer.unit, timer.op),
+        TimerKind::SpareRetry => recovery::on_spare_retry(cx, &timer.unit),
     }
 }
 

@@ -1,0 +1,502 @@
+//! Scenario files: hosts, pairs, per-host timings and a fault schedule, in TOML.
+//!
+//! Every error names the file, the line and column, and the field (see [`ScenarioError`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use duplex_engine::{EngineConfig, HostSpec, PairSpec};
+use duplex_model::{FaultKind, HostId, Millis, PairId, Policy, UnitId};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A scenario that cannot be used, with where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{path}: cannot read scenario: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid scenario: bad TOML, an unknown or missing field, a wrong type,
+    /// or a reference to something not defined.
+    #[error("{path}:{line}:{column}: {field}: {message}\n  {line} | {text}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The field (`hosts[1].capacity`, or the key on that line).
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+        /// The offending line of the file.
+        text: String,
+    },
+}
+
+/// How a broken host fails the steps run on it (a hardware fault no restart can fix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Broken {
+    /// Every step on the host fails after its usual duration.
+    Fail,
+    /// Every step on the host hangs: nothing answers, the engine's deadline fires.
+    Hang,
+}
+
+/// Virtual durations, in milliseconds, of what agents do.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timing {
+    /// One-way latency between the controller and an agent.
+    pub command: Millis,
+    /// PH0.5: reset a process.
+    pub ph05: Millis,
+    /// PH1.0: restart the application.
+    pub ph10: Millis,
+    /// PH2.0: restart middleware and application.
+    pub ph20: Millis,
+    /// PH2.5: reload current files, reboot the OS.
+    pub ph25: Millis,
+    /// PH3.0: reload the LAF backup, reboot.
+    pub ph30: Millis,
+    /// PH3.5: reload REF, reboot.
+    pub ph35: Millis,
+    /// Recreate the unit on another host from its init info and boot it.
+    pub recreate: Millis,
+    /// Destroy a unit's incarnation.
+    pub destroy: Millis,
+    /// Fence a lost host (lease expiry or power-off).
+    pub fence: Millis,
+    /// From a fault happening to its report reaching the controller, per kind (a watchdog
+    /// fires only after its timeout; a lost host is noticed after missed heartbeats).
+    pub detect: BTreeMap<FaultKind, Millis>,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            command: 5,
+            ph05: 500,
+            ph10: 3_000,
+            ph20: 10_000,
+            ph25: 60_000,
+            ph30: 90_000,
+            ph35: 120_000,
+            recreate: 90_000,
+            destroy: 1_000,
+            fence: 5_000,
+            detect: BTreeMap::new(),
+        }
+    }
+}
+
+impl Timing {
+    /// How long an action takes on a host of speed factor 1.
+    pub fn of_action(&self, action: duplex_engine::Action, phase: duplex_model::Phase) -> Millis {
+        use duplex_engine::Action;
+        use duplex_model::Phase;
+        match action {
+            Action::ResetProcess => self.ph05,
+            Action::RestartApplication => self.ph10,
+            Action::RestartMiddleware => self.ph20,
+            Action::RebootOs(_) => match phase {
+                Phase::Ph30 => self.ph30,
+                Phase::Ph35 => self.ph35,
+                Phase::Ph05 | Phase::Ph10 | Phase::Ph20 | Phase::Ph25 | Phase::AutoHeal => self.ph25,
+            },
+            Action::Recreate(_) => self.recreate,
+        }
+    }
+
+    /// Detection delay of a fault kind.
+    pub fn detect(&self, kind: FaultKind) -> Millis {
+        self.detect.get(&kind).copied().unwrap_or(0)
+    }
+}
+
+/// A simulated host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimHost {
+    /// As the engine sees it.
+    pub spec: HostSpec,
+    /// Factor on every duration of steps run here (2.0 = twice as slow).
+    pub speed: f64,
+    /// A hardware fault: every step here fails or hangs.
+    pub broken: Option<Broken>,
+}
+
+/// Which unit a fault hits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Whichever unit of the pair holds ACT when the fault happens.
+    Act(PairId),
+    /// Whichever unit of the pair holds SBY when the fault happens.
+    Sby(PairId),
+    /// This unit.
+    Unit(UnitId),
+    /// A whole host (`host-down`).
+    Host(HostId),
+}
+
+/// One fault of the schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// When it happens.
+    pub at: Millis,
+    /// What it hits.
+    pub target: Target,
+    /// What it is.
+    pub kind: FaultKind,
+    /// For `host-down`: after how long the host comes back (never if `None`).
+    pub repair_after: Option<Millis>,
+}
+
+/// Random faults added to the schedule, drawn from a seeded generator.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomFaults {
+    /// Default seed (`--seed` overrides).
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// How many faults.
+    pub count: u32,
+    /// Which kinds to draw from (default: every unit-level kind).
+    #[serde(default = "unit_kinds")]
+    pub kinds: Vec<FaultKind>,
+    /// Earliest fault time.
+    #[serde(default)]
+    pub start_ms: Millis,
+    /// Latest fault time.
+    pub end_ms: Millis,
+    /// For `host-down` faults: after how long the host comes back.
+    #[serde(default = "ten_minutes")]
+    pub repair_ms: Millis,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn ten_minutes() -> Millis {
+    600_000
+}
+
+fn unit_kinds() -> Vec<FaultKind> {
+    FaultKind::ALL.into_iter().filter(|k| *k != FaultKind::HostDown).collect()
+}
+
+/// A checked scenario, ready to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// Its name.
+    pub name: String,
+    /// What it shows.
+    pub description: String,
+    /// Engine settings (the policy may be overridden per run).
+    pub engine: EngineConfig,
+    /// Durations.
+    pub timing: Timing,
+    /// Hosts.
+    pub hosts: Vec<SimHost>,
+    /// Pairs, running duplex at start.
+    pub pairs: Vec<PairSpec>,
+    /// The fixed schedule, in time order.
+    pub faults: Vec<FaultPlan>,
+    /// Random faults on top.
+    pub random: Option<RandomFaults>,
+    /// When the run stops at the latest.
+    pub until: Millis,
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Read { path: path.to_owned(), source })?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Checks a scenario given as text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+        let at = |span: Range<usize>, field: &str, message: String| {
+            invalid(path, text, span, field, message)
+        };
+        let raw: RawScenario = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let field = key_on_line(text, span.start).unwrap_or_else(|| "(file)".into());
+            at(span, &field, e.message().trim().to_owned())
+        })?;
+        raw.check(&at, path)
+    }
+
+    /// The policy the file asks for.
+    pub fn policy(&self) -> Policy {
+        self.engine.policy
+    }
+}
+
+fn invalid(path: &Path, text: &str, span: Range<usize>, field: &str, message: String) -> ScenarioError {
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("").to_owned();
+    ScenarioError::Invalid {
+        path: path.to_owned(),
+        line,
+        column,
+        field: field.to_owned(),
+        message,
+        text: line_text,
+    }
+}
+
+/// The key written on the line holding `offset` (`capacity = "x"` gives `capacity`).
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Option<String>,
+    #[serde(default)]
+    description: String,
+    engine: Option<Spanned<EngineConfig>>,
+    #[serde(default)]
+    timing: Timing,
+    hosts: Vec<RawHost>,
+    pairs: Vec<RawPair>,
+    #[serde(default)]
+    faults: Vec<Spanned<RawFault>>,
+    random: Option<Spanned<RandomFaults>>,
+    until_ms: Option<Millis>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: Spanned<String>,
+    #[serde(default)]
+    spare: bool,
+    #[serde(default = "two")]
+    capacity: Spanned<u32>,
+    #[serde(default = "unit_speed")]
+    speed: Spanned<f64>,
+    broken: Option<Broken>,
+}
+
+fn two() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
+}
+
+fn unit_speed() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    name: Spanned<String>,
+    act: Spanned<String>,
+    sby: Spanned<String>,
+    units: Option<Spanned<[String; 2]>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    at_ms: Millis,
+    kind: FaultKind,
+    pair: Option<Spanned<String>>,
+    unit: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    repair_ms: Option<Millis>,
+}
+
+type At<'a> = dyn Fn(Range<usize>, &str, String) -> ScenarioError + 'a;
+
+impl RawScenario {
+    fn check(self, at: &At<'_>, path: &Path) -> Result<Scenario, ScenarioError> {
+        let engine = match self.engine {
+            Some(e) => {
+                let span = e.span();
+                let cfg = e.into_inner();
+                cfg.validate().map_err(|err| at(span, "engine", err.to_string()))?;
+                cfg
+            }
+            None => EngineConfig::default(),
+        };
+        let hosts = check_hosts(self.hosts, at)?;
+        let names: BTreeSet<&str> = hosts.iter().map(|h| h.spec.id.as_str()).collect();
+        let (pairs, units) = check_pairs(self.pairs, &names, at)?;
+        let mut faults = Vec::new();
+        for (i, f) in self.faults.into_iter().enumerate() {
+            faults.push(check_fault(i, f, &pairs, &units, &names, at)?);
+        }
+        faults.sort_by_key(|f| f.at);
+        let random = match self.random {
+            Some(r) => {
+                let span = r.span();
+                let r = r.into_inner();
+                if r.end_ms < r.start_ms || r.kinds.is_empty() {
+                    return Err(at(span, "random", "needs start_ms <= end_ms and at least one kind".into()));
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        let last = faults.iter().map(|f| f.at).chain(random.iter().map(|r| r.end_ms)).max().unwrap_or(0);
+        let default_name = path.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+        Ok(Scenario {
+            name: self.name.unwrap_or(default_name),
+            description: self.description,
+            engine,
+            timing: self.timing,
+            hosts,
+            pairs,
+            faults,
+            random,
+            until: self.until_ms.unwrap_or(last + 4 * 3_600_000),
+        })
+    }
+}
+
+fn check_hosts(raw: Vec<RawHost>, at: &At<'_>) -> Result<Vec<SimHost>, ScenarioError> {
+    if raw.is_empty() {
+        return Err(at(0..0, "hosts", "no hosts: add [[hosts]] tables".into()));
+    }
+    let mut seen = BTreeSet::new();
+    let mut hosts = Vec::new();
+    for (i, h) in raw.into_iter().enumerate() {
+        let field = |f: &str| format!("hosts[{i}].{f}");
+        if !seen.insert(h.name.get_ref().clone()) {
+            return Err(at(h.name.span(), &field("name"), format!("host {:?} is defined twice", h.name.get_ref())));
+        }
+        if *h.capacity.get_ref() == 0 {
+            return Err(at(h.capacity.span(), &field("capacity"), "must be at least 1".into()));
+        }
+        let speed = *h.speed.get_ref();
+        if !(speed.is_finite() && speed > 0.0) {
+            return Err(at(h.speed.span(), &field("speed"), format!("{speed} is not a positive factor")));
+        }
+        hosts.push(SimHost {
+            spec: HostSpec {
+                id: HostId::new(h.name.into_inner()),
+                spare: h.spare,
+                capacity: h.capacity.into_inner(),
+            },
+            speed,
+            broken: h.broken,
+        });
+    }
+    Ok(hosts)
+}
+
+fn check_pairs(
+    raw: Vec<RawPair>,
+    hosts: &BTreeSet<&str>,
+    at: &At<'_>,
+) -> Result<(Vec<PairSpec>, BTreeMap<String, PairId>), ScenarioError> {
+    if raw.is_empty() {
+        return Err(at(0..0, "pairs", "no pairs: add [[pairs]] tables".into()));
+    }
+    let mut pairs: Vec<PairSpec> = Vec::new();
+    let mut units = BTreeMap::new();
+    for (i, p) in raw.into_iter().enumerate() {
+        let field = |f: &str| format!("pairs[{i}].{f}");
+        let name = p.name.get_ref().clone();
+        if pairs.iter().any(|q| q.id.as_str() == name) {
+            return Err(at(p.name.span(), &field("name"), format!("pair {name:?} is defined twice")));
+        }
+        for (key, host) in [("act", &p.act), ("sby", &p.sby)] {
+            if !hosts.contains(host.get_ref().as_str()) {
+                let known = hosts.iter().copied().collect::<Vec<_>>().join(", ");
+                let msg = format!("host {:?} is not defined (hosts: {known})", host.get_ref());
+                return Err(at(host.span(), &field(key), msg));
+            }
+        }
+        if p.act.get_ref() == p.sby.get_ref() {
+            let msg = "ACT and SBY must start on different hosts".to_owned();
+            return Err(at(p.sby.span(), &field("sby"), msg));
+        }
+        let [a, b] = match &p.units {
+            Some(u) => u.get_ref().clone(),
+            None => [format!("{name}-1"), format!("{name}-2")],
+        };
+        for u in [&a, &b] {
+            let span = p.units.as_ref().map_or(p.name.span(), Spanned::span);
+            if units.insert(u.clone(), PairId::new(name.clone())).is_some() || a == b {
+                return Err(at(span, &field("units"), format!("unit name {u:?} is used twice")));
+            }
+        }
+        pairs.push(PairSpec {
+            id: PairId::new(name),
+            act: UnitId::new(a),
+            act_host: HostId::new(p.act.into_inner()),
+            sby: UnitId::new(b),
+            sby_host: HostId::new(p.sby.into_inner()),
+        });
+    }
+    Ok((pairs, units))
+}
+
+fn check_fault(
+    i: usize,
+    f: Spanned<RawFault>,
+    pairs: &[PairSpec],
+    units: &BTreeMap<String, PairId>,
+    hosts: &BTreeSet<&str>,
+    at: &At<'_>,
+) -> Result<FaultPlan, ScenarioError> {
+    let span = f.span();
+    let f = f.into_inner();
+    let field = |k: &str| format!("faults[{i}].{k}");
+    let repair_after = f.repair_ms;
+    if let Some(host) = &f.host {
+        if f.kind != FaultKind::HostDown {
+            let msg = format!("`host` only goes with kind = \"host-down\", not {:?}", f.kind.as_str());
+            return Err(at(host.span(), &field("host"), msg));
+        }
+        if !hosts.contains(host.get_ref().as_str()) {
+            return Err(at(host.span(), &field("host"), format!("host {:?} is not defined", host.get_ref())));
+        }
+        let target = Target::Host(HostId::new(host.get_ref().clone()));
+        return Ok(FaultPlan { at: f.at_ms, target, kind: f.kind, repair_after });
+    }
+    let Some(pair) = &f.pair else {
+        let msg = "name the `pair` (and `unit` = \"act\", \"sby\" or a unit name), or a `host` for host-down";
+        return Err(at(span, &field("pair"), msg.into()));
+    };
+    if !pairs.iter().any(|p| p.id.as_str() == pair.get_ref()) {
+        return Err(at(pair.span(), &field("pair"), format!("pair {:?} is not defined", pair.get_ref())));
+    }
+    let pid = PairId::new(pair.get_ref().clone());
+    let target = match f.unit.as_ref().map(|u| (u.get_ref().as_str(), u.span())) {
+        None | Some(("act", _)) => Target::Act(pid),
+        Some(("sby", _)) => Target::Sby(pid),
+        Some((name, span)) => {
+            if units.get(name) != Some(&pid) {
+                let msg = format!("unit {name:?} is not a unit of pair {pid}: use \"act\", \"sby\" or one of its units");
+                return Err(at(span, &field("unit"), msg));
+            }
+            Target::Unit(UnitId::new(name))
+        }
+    };
+    Ok(FaultPlan { at: f.at_ms, target, kind: f.kind, repair_after })
+}
