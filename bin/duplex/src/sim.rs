@@ -27,17 +27,26 @@ pub struct SimArgs {
 }
 
 fn parse_policy(s: &str) -> Result<Policy, String> {
-    s.parse().map_err(|e: duplex_model::VocabParseError| e.to_string())
+    s.parse()
+        .map_err(|e: duplex_model::VocabParseError| e.to_string())
 }
 
 pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let sc = Scenario::load(&args.scenario)?;
-    let opts = RunOptions { policy: args.policy, seed: args.seed, skip_checks: false };
+    let opts = RunOptions {
+        policy: args.policy,
+        seed: args.seed,
+        skip_checks: false,
+    };
     if args.compare {
         return compare(&sc, args);
     }
-    let report = duplex_sim::run(&sc, opts)
-        .with_context(|| format!("{}: the scenario's pairs do not fit its hosts", args.scenario.display()))?;
+    let report = duplex_sim::run(&sc, opts).with_context(|| {
+        format!(
+            "{}: the scenario's pairs do not fit its hosts",
+            args.scenario.display()
+        )
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -49,12 +58,34 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
 fn compare(sc: &Scenario, args: &SimArgs) -> anyhow::Result<ExitCode> {
     let reports = Policy::ALL
         .into_iter()
-        .map(|p| duplex_sim::run(sc, RunOptions { policy: Some(p), seed: args.seed, skip_checks: false }))
+        .map(|p| {
+            duplex_sim::run(
+                sc,
+                RunOptions {
+                    policy: Some(p),
+                    seed: args.seed,
+                    skip_checks: false,
+                },
+            )
+        })
         .collect::<Result<Vec<Report>, _>>()
-        .with_context(|| format!("{}: the scenario's pairs do not fit its hosts", args.scenario.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: the scenario's pairs do not fit its hosts",
+                args.scenario.display()
+            )
+        })?;
     if args.json {
-        let rows: Vec<_> = reports.iter().map(|r| summary_json(r, &reports[0])).collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "scenario": sc.name, "policies": rows }))?);
+        let rows: Vec<_> = reports
+            .iter()
+            .map(|r| summary_json(r, &reports[0]))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "scenario": sc.name, "policies": rows })
+            )?
+        );
     } else {
         print!("{}", table(sc, &reports));
     }
@@ -84,11 +115,19 @@ fn ratio(a: Option<u64>, b: Option<u64>) -> Option<f64> {
 fn table(sc: &Scenario, reports: &[Report]) -> String {
     use std::fmt::Write as _;
     let mut out = format!("scenario {}: {}\n\n", sc.name, sc.description.trim());
-    let _ = writeln!(out, "{:<15} {:>12} {:>14} {:>15} {:>10}  path", "policy", "MTTR", "max outage", "back to duplex", "vs escal.");
+    let _ = writeln!(
+        out,
+        "{:<15} {:>12} {:>14} {:>15} {:>10}  path",
+        "policy", "MTTR", "max outage", "back to duplex", "vs escal."
+    );
     let show = |v: Option<u64>| v.map_or("-".into(), secs);
     for r in reports {
         let rel = ratio(r.mttr_ms, reports[0].mttr_ms).map_or("-".into(), |x| format!("{x:.2}×"));
-        let ok = if r.invariants_ok { "" } else { "  [INVARIANT VIOLATED]" };
+        let ok = if r.invariants_ok {
+            ""
+        } else {
+            "  [INVARIANT VIOLATED]"
+        };
         let _ = writeln!(
             out,
             "{:<15} {:>12} {:>14} {:>15} {:>10}  {}{ok}",
@@ -111,5 +150,9 @@ fn verdict(reports: &[Report]) -> ExitCode {
             eprintln!("  {v}");
         }
     }
-    if bad.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if bad.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

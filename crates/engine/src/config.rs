@@ -53,7 +53,9 @@ pub enum EngineConfigError {
         given: Phase,
     },
     /// A fault kind maps to PH3.5 while PH3.5 is off the ladder.
-    #[error("fault_phase.{kind} = \"PH3.5\" but ph35 = false: enable ph35 or map {kind} to another phase")]
+    #[error(
+        "fault_phase.{kind} = \"PH3.5\" but ph35 = false: enable ph35 or map {kind} to another phase"
+    )]
     Ph35Disabled {
         /// The fault kind.
         kind: FaultKind,
@@ -65,7 +67,9 @@ pub enum EngineConfigError {
         phase: Phase,
     },
     /// A probation window of zero would never escalate a recurring fault.
-    #[error("probation_ms = 0: give the window in milliseconds (> 0) in which a recurring fault escalates")]
+    #[error(
+        "probation_ms = 0: give the window in milliseconds (> 0) in which a recurring fault escalates"
+    )]
     ZeroProbation,
 }
 
@@ -73,7 +77,9 @@ impl EngineConfig {
     /// Checks that the settings can work together.
     pub fn validate(&self) -> Result<(), EngineConfigError> {
         if !matches!(self.threshold, Phase::Ph25 | Phase::Ph30) {
-            return Err(EngineConfigError::Threshold { given: self.threshold });
+            return Err(EngineConfigError::Threshold {
+                given: self.threshold,
+            });
         }
         if !self.ph35 {
             if let Some((&kind, _)) = self.fault_phase.iter().find(|(_, p)| **p == Phase::Ph35) {
@@ -140,11 +146,22 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        let c = EngineConfig { threshold: Phase::Ph20, ..EngineConfig::default() };
+        let c = EngineConfig {
+            threshold: Phase::Ph20,
+            ..EngineConfig::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("PH2.0"));
-        let mut c = EngineConfig { ph35: false, ..EngineConfig::default() };
+        let mut c = EngineConfig {
+            ph35: false,
+            ..EngineConfig::default()
+        };
         c.fault_phase.insert(FaultKind::DataCorrupt, Phase::Ph35);
-        assert_eq!(c.validate(), Err(EngineConfigError::Ph35Disabled { kind: FaultKind::DataCorrupt }));
+        assert_eq!(
+            c.validate(),
+            Err(EngineConfigError::Ph35Disabled {
+                kind: FaultKind::DataCorrupt
+            })
+        );
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub enum EngineError {
         host: HostId,
     },
     /// More units on a host than it holds.
-    #[error("host {host} holds {capacity} unit(s) but {placed} are placed on it: raise its capacity or move units")]
+    #[error(
+        "host {host} holds {capacity} unit(s) but {placed} are placed on it: raise its capacity or move units"
+    )]
     OverCapacity {
         /// The host.
         host: HostId,

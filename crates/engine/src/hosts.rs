@@ -24,7 +24,12 @@ pub(crate) fn on_host_down(cx: &mut Cx<'_>, host: &HostId) {
     // until fencing confirms it is gone.
     let mut orphans: Vec<_> = placed.clone();
     for pair in cx.st.pairs.values() {
-        orphans.extend(pair.unreleased.iter().filter(|i| &i.host == host).map(|i| i.unit.clone()));
+        orphans.extend(
+            pair.unreleased
+                .iter()
+                .filter(|i| &i.host == host)
+                .map(|i| i.unit.clone()),
+        );
     }
     let h = cx.st.hosts.get_mut(host).expect("checked above");
     h.up = false;
@@ -109,9 +114,16 @@ fn reclaim(cx: &mut Cx<'_>, host: &HostId) {
     let orphans = std::mem::take(&mut h.orphans);
     h.fence = FenceState::Clear;
     for unit in orphans {
-        let Some((pid, _)) = cx.st.locate(&unit) else { continue };
+        let Some((pid, _)) = cx.st.locate(&unit) else {
+            continue;
+        };
         let epoch = cx.pair(&pid).epoch;
-        cx.emit(Command::DestroyUnit { pair: pid, unit, host: host.clone(), epoch });
+        cx.emit(Command::DestroyUnit {
+            pair: pid,
+            unit,
+            host: host.clone(),
+            epoch,
+        });
     }
     cx.capacity_freed = true;
 }

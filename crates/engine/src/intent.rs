@@ -22,18 +22,30 @@ pub fn describe(pair: &Pair) -> String {
     if pair.duplex {
         return "duplex".into();
     }
-    let recovering = pair.units.iter().filter(|u| matches!(u.health, Health::Recovering(_))).count();
+    let recovering = pair
+        .units
+        .iter()
+        .filter(|u| matches!(u.health, Health::Recovering(_)))
+        .count();
     if recovering > 0 {
         return format!("recovering ({recovering} unit(s) in a restart step)");
     }
-    if pair.units.iter().any(|u| u.health == Health::WaitingForSpare) {
+    if pair
+        .units
+        .iter()
+        .any(|u| u.health == Health::WaitingForSpare)
+    {
         return "simplex (a unit waits for a spare)".into();
     }
     "not duplex".into()
 }
 
 fn switchover(cx: &mut Cx<'_>, pid: &PairId) -> Result<(), EngineError> {
-    let pair = cx.st.pairs.get(pid).ok_or_else(|| EngineError::NoSuchPair { pair: pid.clone() })?;
+    let pair = cx
+        .st
+        .pairs
+        .get(pid)
+        .ok_or_else(|| EngineError::NoSuchPair { pair: pid.clone() })?;
     let Some(act) = pair.act_index().filter(|_| pair.duplex) else {
         return Err(EngineError::InvalidTransition {
             pair: pid.clone(),
@@ -46,7 +58,10 @@ fn switchover(cx: &mut Cx<'_>, pid: &PairId) -> Result<(), EngineError> {
 }
 
 fn unit_maintenance(cx: &mut Cx<'_>, unit: &UnitId, on: bool) -> Result<(), EngineError> {
-    let (pid, slot) = cx.st.locate(unit).ok_or_else(|| EngineError::NoSuchUnit { unit: unit.clone() })?;
+    let (pid, slot) = cx
+        .st
+        .locate(unit)
+        .ok_or_else(|| EngineError::NoSuchUnit { unit: unit.clone() })?;
     let pair = cx.pair(&pid);
     let u = &pair.units[slot];
     if u.maintenance == on {
@@ -69,18 +84,32 @@ fn unit_maintenance(cx: &mut Cx<'_>, unit: &UnitId, on: bool) -> Result<(), Engi
     if !on {
         u.ladder = None;
     }
-    cx.note(Note::Maintenance { target: format!("unit {unit}"), on });
+    cx.note(Note::Maintenance {
+        target: format!("unit {unit}"),
+        on,
+    });
     Ok(())
 }
 
 fn host_maintenance(cx: &mut Cx<'_>, host: &HostId, on: bool) -> Result<(), EngineError> {
-    let h = cx.st.hosts.get(host).ok_or_else(|| EngineError::NoSuchHost { host: host.clone() })?;
+    let h = cx
+        .st
+        .hosts
+        .get(host)
+        .ok_or_else(|| EngineError::NoSuchHost { host: host.clone() })?;
     if h.maintenance == on {
         return Ok(());
     }
     cx.touch_host(host);
-    cx.st.hosts.get_mut(host).expect("checked above").maintenance = on;
-    cx.note(Note::Maintenance { target: format!("host {host}"), on });
+    cx.st
+        .hosts
+        .get_mut(host)
+        .expect("checked above")
+        .maintenance = on;
+    cx.note(Note::Maintenance {
+        target: format!("host {host}"),
+        on,
+    });
     if !on {
         cx.capacity_freed = true;
         return Ok(());
@@ -93,7 +122,10 @@ fn host_maintenance(cx: &mut Cx<'_>, host: &HostId, on: bool) -> Result<(), Engi
         if pair.duplex && pair.units[slot].role == Role::Act {
             cx.demote(&pid, slot);
         } else if pair.units[slot].role == Role::Act {
-            cx.ignore(format!("host {host} drain: ACT {unit} stays, pair {pid} is {}", describe(pair)));
+            cx.ignore(format!(
+                "host {host} drain: ACT {unit} stays, pair {pid} is {}",
+                describe(pair)
+            ));
         }
     }
     Ok(())

@@ -32,7 +32,10 @@ impl fmt::Display for Violation {
 pub fn check(st: &State) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut bad = |pair: Option<&PairId>, what: String| {
-        out.push(Violation { pair: pair.cloned(), what });
+        out.push(Violation {
+            pair: pair.cloned(),
+            what,
+        });
     };
     for (pid, pair) in &st.pairs {
         let p = Some(pid);
@@ -42,31 +45,57 @@ pub fn check(st: &State) -> Vec<Violation> {
         }
         let [a, b] = &pair.units;
         if a.host.is_some() && a.host == b.host {
-            bad(p, format!("both units on host {}", a.host.as_ref().map_or("?", |h| h.as_str())));
+            bad(
+                p,
+                format!(
+                    "both units on host {}",
+                    a.host.as_ref().map_or("?", |h| h.as_str())
+                ),
+            );
         }
         for u in &pair.units {
             if let Some((role, epoch)) = u.granted {
                 if epoch > pair.epoch {
-                    bad(p, format!("{} told epoch {epoch} above the pair's {}", u.id, pair.epoch));
+                    bad(
+                        p,
+                        format!(
+                            "{} told epoch {epoch} above the pair's {}",
+                            u.id, pair.epoch
+                        ),
+                    );
                 }
                 if role == Role::Act && epoch == pair.epoch {
                     if u.role != Role::Act {
-                        bad(p, format!("{} told ACT at the current epoch without the role", u.id));
+                        bad(
+                            p,
+                            format!("{} told ACT at the current epoch without the role", u.id),
+                        );
                     }
                     if pair.last_act != u.incarnation() {
-                        bad(p, format!("{} told ACT but is not the last ACT incarnation", u.id));
+                        bad(
+                            p,
+                            format!("{} told ACT but is not the last ACT incarnation", u.id),
+                        );
                     }
-                    if !u.incarnation().is_some_and(|i| pair.unreleased.contains(&i)) {
+                    if !u
+                        .incarnation()
+                        .is_some_and(|i| pair.unreleased.contains(&i))
+                    {
                         bad(p, format!("ACT {} is not tracked until released", u.id));
                     }
                 }
             }
             match &u.host {
-                Some(h) if !st.hosts.contains_key(h) => bad(p, format!("{} on unknown host {h}", u.id)),
+                Some(h) if !st.hosts.contains_key(h) => {
+                    bad(p, format!("{} on unknown host {h}", u.id))
+                }
                 Some(_) => {}
                 None => {
                     if let Some(spare) = st.pick_spare(&u.id, &[]) {
-                        bad(p, format!("{} waits for a spare while {spare} has room", u.id));
+                        bad(
+                            p,
+                            format!("{} waits for a spare while {spare} has room", u.id),
+                        );
                     }
                 }
             }
@@ -78,7 +107,10 @@ pub fn check(st: &State) -> Vec<Violation> {
     for (hid, h) in &st.hosts {
         let load = st.load(hid);
         if h.spare && load > h.capacity as usize {
-            bad(None, format!("spare {hid} holds {load} units, capacity {}", h.capacity));
+            bad(
+                None,
+                format!("spare {hid} holds {load} units, capacity {}", h.capacity),
+            );
         }
     }
     out
@@ -89,20 +121,32 @@ pub fn check(st: &State) -> Vec<Violation> {
 pub fn check_step(before: &State, after: &State, ready: &Ready) -> Vec<Violation> {
     let mut out = Vec::new();
     if before.pairs.len() != after.pairs.len() {
-        out.push(Violation { pair: None, what: "a pair appeared or vanished".into() });
+        out.push(Violation {
+            pair: None,
+            what: "a pair appeared or vanished".into(),
+        });
     }
     for (pid, b) in &before.pairs {
         let p = Some(pid.clone());
         let Some(a) = after.pairs.get(pid) else {
-            out.push(Violation { pair: p, what: "pair vanished".into() });
+            out.push(Violation {
+                pair: p,
+                what: "pair vanished".into(),
+            });
             continue;
         };
         if a.epoch < b.epoch {
-            out.push(Violation { pair: p.clone(), what: format!("epoch went back {} → {}", b.epoch, a.epoch) });
+            out.push(Violation {
+                pair: p.clone(),
+                what: format!("epoch went back {} → {}", b.epoch, a.epoch),
+            });
         }
         for (ub, ua) in b.units.iter().zip(&a.units) {
             if ub.id != ua.id {
-                out.push(Violation { pair: p.clone(), what: format!("unit {} lost", ub.id) });
+                out.push(Violation {
+                    pair: p.clone(),
+                    what: format!("unit {} lost", ub.id),
+                });
                 continue;
             }
             let reset = ready.notes.iter().any(|n| match n {
@@ -111,12 +155,21 @@ pub fn check_step(before: &State, after: &State, ready: &Ready) -> Vec<Violation
                 _ => false,
             });
             if ua.ladder < ub.ladder && !reset {
-                let what = format!("{} ladder went down {:?} → {:?} without a reset", ua.id, ub.ladder, ua.ladder);
-                out.push(Violation { pair: p.clone(), what });
+                let what = format!(
+                    "{} ladder went down {:?} → {:?} without a reset",
+                    ua.id, ub.ladder, ua.ladder
+                );
+                out.push(Violation {
+                    pair: p.clone(),
+                    what,
+                });
             }
             for (phase, n) in &ub.restarts {
                 if ua.restarts.get(phase).copied().unwrap_or(0) < *n {
-                    out.push(Violation { pair: p.clone(), what: format!("{} counter {phase} shrank", ua.id) });
+                    out.push(Violation {
+                        pair: p.clone(),
+                        what: format!("{} counter {phase} shrank", ua.id),
+                    });
                 }
             }
         }

@@ -11,11 +11,19 @@ use crate::step::Cx;
 /// A fault report (S2). See `docs/recovery.md` §"Faults during a recovery" for the rules when
 /// the unit is already recovering.
 pub(crate) fn on_fault(cx: &mut Cx<'_>, unit: &UnitId, kind: FaultKind) {
-    let Some((pid, slot)) = cx.locate(unit, "fault") else { return };
+    let Some((pid, slot)) = cx.locate(unit, "fault") else {
+        return;
+    };
     let u = cx.unit(&pid, slot);
     let role = u.role;
     let fault_phase = cx.st.config.phase_for(kind);
-    let note = |decision| Note::Fault { pair: pid.clone(), unit: unit.clone(), kind, role, decision };
+    let note = |decision| Note::Fault {
+        pair: pid.clone(),
+        unit: unit.clone(),
+        kind,
+        role,
+        decision,
+    };
     if u.maintenance {
         cx.note(note(Decision::Ignored("unit is in maintenance".into())));
         return;
@@ -24,16 +32,23 @@ pub(crate) fn on_fault(cx: &mut Cx<'_>, unit: &UnitId, kind: FaultKind) {
         if let Some(host) = u.host.clone() {
             crate::hosts::on_host_down(cx, &host);
         } else {
-            cx.note(note(Decision::Ignored("unit has no host: already waiting for a spare".into())));
+            cx.note(note(Decision::Ignored(
+                "unit has no host: already waiting for a spare".into(),
+            )));
         }
         return;
     }
     match u.health.clone() {
         Health::WaitingForSpare => {
-            cx.note(note(Decision::Ignored("unit is waiting for a spare, nothing runs".into())));
+            cx.note(note(Decision::Ignored(
+                "unit is waiting for a spare, nothing runs".into(),
+            )));
         }
         Health::Recovering(step) if fault_phase <= step.phase => {
-            let why = format!("{} step {} in flight already covers it", step.phase, step.op);
+            let why = format!(
+                "{} step {} in flight already covers it",
+                step.phase, step.op
+            );
             cx.note(note(Decision::Ignored(why)));
         }
         Health::Recovering(step) => {
@@ -181,7 +196,9 @@ fn recreate_on_spare(
     tried: Vec<HostId>,
 ) -> bool {
     let id = cx.unit(pid, slot).id.clone();
-    let Some(spare) = cx.st.pick_spare(&id, &tried) else { return false };
+    let Some(spare) = cx.st.pick_spare(&id, &tried) else {
+        return false;
+    };
     leave_host(cx, pid, slot);
     cx.place(&id, Some(spare));
     start_step(cx, pid, slot, phase, Action::Recreate(from), tried);
@@ -196,10 +213,20 @@ fn leave_host(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
     let unit = u.id.clone();
     if cx.st.hosts[&host].up {
         let epoch = cx.pair(pid).epoch;
-        cx.emit(Command::DestroyUnit { pair: pid.clone(), unit, host, epoch });
+        cx.emit(Command::DestroyUnit {
+            pair: pid.clone(),
+            unit,
+            host,
+            epoch,
+        });
     } else {
         cx.touch_host(&host);
-        cx.st.hosts.get_mut(&host).expect("placed on a known host").orphans.insert(unit);
+        cx.st
+            .hosts
+            .get_mut(&host)
+            .expect("placed on a known host")
+            .orphans
+            .insert(unit);
     }
 }
 
@@ -219,7 +246,14 @@ fn lose(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
     let op = u.next_op;
     // Try again when the first quarantined spare is released, if any is.
     let now = cx.now;
-    let release = cx.st.hosts.values().filter(|h| h.spare).filter_map(|h| h.quarantined_until).filter(|t| *t > now).min();
+    let release = cx
+        .st
+        .hosts
+        .values()
+        .filter(|h| h.spare)
+        .filter_map(|h| h.quarantined_until)
+        .filter(|t| *t > now)
+        .min();
     if let Some(at) = release {
         cx.arm(&id, TimerKind::SpareRetry, op, at);
     }
@@ -234,20 +268,61 @@ fn quarantine(cx: &mut Cx<'_>, host: &HostId) {
     }
     let until = cx.now + ms;
     cx.touch_host(host);
-    cx.st.hosts.get_mut(host).expect("steps run on known hosts").quarantined_until = Some(until);
-    cx.note(Note::HostQuarantined { host: host.clone(), until });
+    cx.st
+        .hosts
+        .get_mut(host)
+        .expect("steps run on known hosts")
+        .quarantined_until = Some(until);
+    cx.note(Note::HostQuarantined {
+        host: host.clone(),
+        until,
+    });
+    // Units already waiting look again when this quarantine ends.
+    let waiting: Vec<UnitId> = cx.st.waiting().cloned().collect();
+    for unit in waiting {
+        let op = cx.st.unit(&unit).map_or(0, |u| u.next_op);
+        cx.arm(&unit, TimerKind::SpareRetry, op, until);
+    }
+}
+
+/// Quarantines that ended by `now` are lifted; units waiting for a spare look again.
+pub(crate) fn lift_quarantines(cx: &mut Cx<'_>) {
+    let now = cx.now;
+    let ended: Vec<HostId> = cx
+        .st
+        .hosts
+        .values()
+        .filter(|h| h.quarantined_until.is_some_and(|t| t <= now))
+        .map(|h| h.id.clone())
+        .collect();
+    for host in ended {
+        cx.touch_host(&host);
+        cx.st
+            .hosts
+            .get_mut(&host)
+            .expect("listed above")
+            .quarantined_until = None;
+        cx.capacity_freed = true;
+    }
 }
 
 /// A quarantine ended: a waiting unit looks for a spare again.
 pub(crate) fn on_spare_retry(cx: &mut Cx<'_>, unit: &UnitId) {
-    if cx.st.unit(unit).is_some_and(|u| u.health == Health::WaitingForSpare) {
+    if cx
+        .st
+        .unit(unit)
+        .is_some_and(|u| u.health == Health::WaitingForSpare)
+    {
         cx.capacity_freed = true;
     }
 }
 
 fn note_no_spare(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
     let unit = cx.unit(pid, slot).id.clone();
-    cx.note(Note::NoSpareLeft { pair: pid.clone(), unit });
+    cx.note(Note::NoSpareLeft {
+        pair: pid.clone(),
+        unit,
+    });
 }
 
 /// Commands one recovery step and arms its deadline.
@@ -283,7 +358,13 @@ fn start_step(
         tried,
     });
     let unit = u.id.clone();
-    let target = StepTarget { pair: pid.clone(), unit: unit.clone(), host: host.clone(), op, epoch };
+    let target = StepTarget {
+        pair: pid.clone(),
+        unit: unit.clone(),
+        host: host.clone(),
+        op,
+        epoch,
+    };
     cx.emit(match action {
         Action::ResetProcess => Command::ResetProcess(target),
         Action::RestartApplication => Command::RestartApplication(target),
@@ -292,7 +373,14 @@ fn start_step(
         Action::Recreate(from) => Command::Recreate { target, from },
     });
     cx.arm(&unit, TimerKind::StepDeadline, op, deadline);
-    cx.note(Note::StepStarted { pair: pid.clone(), unit, host, phase, action, op });
+    cx.note(Note::StepStarted {
+        pair: pid.clone(),
+        unit,
+        host,
+        phase,
+        action,
+        op,
+    });
 }
 
 /// Stops caring about a step that was overtaken; a half-built recreate is destroyed.
@@ -300,14 +388,23 @@ fn abort(cx: &mut Cx<'_>, pid: &PairId, slot: usize, step: &Step) {
     if matches!(step.action, Action::Recreate(_)) && cx.st.hosts[&step.host].up {
         let unit = cx.unit(pid, slot).id.clone();
         let epoch = cx.pair(pid).epoch;
-        cx.emit(Command::DestroyUnit { pair: pid.clone(), unit, host: step.host.clone(), epoch });
+        cx.emit(Command::DestroyUnit {
+            pair: pid.clone(),
+            unit,
+            host: step.host.clone(),
+            epoch,
+        });
     }
 }
 
 /// The step answered: the unit is up. Probation starts; roles are settled afterwards.
 pub(crate) fn on_unit_up(cx: &mut Cx<'_>, unit: &UnitId, op: u64) {
-    let Some((pid, slot)) = cx.locate(unit, "unit-up") else { return };
-    let Some(step) = current_step(cx, &pid, slot, op, "unit-up") else { return };
+    let Some((pid, slot)) = cx.locate(unit, "unit-up") else {
+        return;
+    };
+    let Some(step) = current_step(cx, &pid, slot, op, "unit-up") else {
+        return;
+    };
     cx.unit_mut(&pid, slot).health = Health::Up;
     cx.note(Note::StepSucceeded {
         pair: pid.clone(),
@@ -322,7 +419,9 @@ pub(crate) fn on_unit_up(cx: &mut Cx<'_>, unit: &UnitId, op: u64) {
 
 /// The step answered that it failed.
 pub(crate) fn on_step_failed(cx: &mut Cx<'_>, unit: &UnitId, op: u64, reason: &str) {
-    let Some((pid, slot)) = cx.locate(unit, "step-failed") else { return };
+    let Some((pid, slot)) = cx.locate(unit, "step-failed") else {
+        return;
+    };
     if let Some(step) = current_step(cx, &pid, slot, op, "step-failed") {
         step_failed(cx, &pid, slot, step, reason.to_owned());
     }
@@ -330,7 +429,9 @@ pub(crate) fn on_step_failed(cx: &mut Cx<'_>, unit: &UnitId, op: u64, reason: &s
 
 /// The step did not answer in time.
 pub(crate) fn on_step_deadline(cx: &mut Cx<'_>, unit: &UnitId, op: u64) {
-    let Some((pid, slot)) = cx.st.locate(unit) else { return };
+    let Some((pid, slot)) = cx.st.locate(unit) else {
+        return;
+    };
     let step = match cx.unit(&pid, slot).step() {
         Some(step) if step.op == op => step.clone(),
         // Stale timers are the normal case (the step answered): no note.
@@ -384,14 +485,19 @@ fn step_failed(cx: &mut Cx<'_>, pid: &PairId, slot: usize, step: Step, reason: S
 
 /// Probation after step `op` passed without a fault: the ladder starts over.
 pub(crate) fn on_probation_end(cx: &mut Cx<'_>, unit: &UnitId, op: u64) {
-    let Some((pid, slot)) = cx.st.locate(unit) else { return };
+    let Some((pid, slot)) = cx.st.locate(unit) else {
+        return;
+    };
     let u = cx.unit(&pid, slot);
     let last_op = u.next_op - 1;
     if u.health != Health::Up || u.ladder.is_none() || last_op != op {
         return;
     }
     cx.unit_mut(&pid, slot).ladder = None;
-    cx.note(Note::LadderReset { pair: pid, unit: unit.clone() });
+    cx.note(Note::LadderReset {
+        pair: pid,
+        unit: unit.clone(),
+    });
 }
 
 /// Units waiting for a spare get one as soon as capacity appears, in name order.
@@ -403,8 +509,18 @@ pub(crate) fn retry_waiting(cx: &mut Cx<'_>) {
     let waiting: Vec<UnitId> = cx.st.waiting().cloned().collect();
     for unit in waiting {
         let (pid, slot) = cx.st.locate(&unit).expect("waiting units are indexed");
-        if recreate_on_spare(cx, &pid, slot, Phase::AutoHeal, Generation::Current, Vec::new()) {
-            *cx.unit_mut(&pid, slot).restarts.entry(Phase::AutoHeal).or_default() += 1;
+        if recreate_on_spare(
+            cx,
+            &pid,
+            slot,
+            Phase::AutoHeal,
+            Generation::Current,
+            Vec::new(),
+        ) {
+            *cx.unit_mut(&pid, slot)
+                .restarts
+                .entry(Phase::AutoHeal)
+                .or_default() += 1;
         }
     }
 }
@@ -418,13 +534,37 @@ pub(crate) fn set_duplex(cx: &mut Cx<'_>, pid: &PairId, duplex: bool) {
     p.duplex = duplex;
     let epoch = p.epoch;
     if duplex {
-        let act = p.units.iter().find(|u| u.role == Role::Act).expect("duplex has an ACT");
-        let sby = p.units.iter().find(|u| u.role == Role::Sby).expect("duplex has an SBY");
+        let act = p
+            .units
+            .iter()
+            .find(|u| u.role == Role::Act)
+            .expect("duplex has an ACT");
+        let sby = p
+            .units
+            .iter()
+            .find(|u| u.role == Role::Sby)
+            .expect("duplex has an SBY");
         let (act, sby) = (act.id.clone(), sby.id.clone());
-        cx.emit(Command::ResumeDuplex { pair: pid.clone(), act: act.clone(), sby: sby.clone(), epoch });
-        cx.note(Note::DuplexResumed { pair: pid.clone(), act, sby, epoch });
+        cx.emit(Command::ResumeDuplex {
+            pair: pid.clone(),
+            act: act.clone(),
+            sby: sby.clone(),
+            epoch,
+        });
+        cx.note(Note::DuplexResumed {
+            pair: pid.clone(),
+            act,
+            sby,
+            epoch,
+        });
     } else {
-        cx.emit(Command::StopDuplex { pair: pid.clone(), epoch });
-        cx.note(Note::DuplexStopped { pair: pid.clone(), epoch });
+        cx.emit(Command::StopDuplex {
+            pair: pid.clone(),
+            epoch,
+        });
+        cx.note(Note::DuplexStopped {
+            pair: pid.clone(),
+            epoch,
+        });
     }
 }

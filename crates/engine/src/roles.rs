@@ -42,7 +42,10 @@ pub(crate) fn settle(cx: &mut Cx<'_>, pid: &PairId) {
 }
 
 fn grant_act(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
-    let inc = cx.unit(pid, slot).incarnation().expect("a serviceable unit is placed");
+    let inc = cx
+        .unit(pid, slot)
+        .incarnation()
+        .expect("a serviceable unit is placed");
     let pair = cx.pair(pid);
     let blockers: Vec<String> = pair
         .unreleased
@@ -54,7 +57,11 @@ fn grant_act(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
         if !pair.promotion_blocked {
             cx.pair_mut(pid).promotion_blocked = true;
             let unit = inc.unit.clone();
-            cx.note(Note::PromotionWaitsForFence { pair: pid.clone(), unit, waiting_for: blockers });
+            cx.note(Note::PromotionWaitsForFence {
+                pair: pid.clone(),
+                unit,
+                waiting_for: blockers,
+            });
         }
         return;
     }
@@ -81,22 +88,32 @@ fn tell(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
     if u.granted == Some(want) {
         return;
     }
-    let (id, host) = (u.id.clone(), u.host.clone().expect("a serviceable unit is placed"));
+    let (id, host) = (
+        u.id.clone(),
+        u.host.clone().expect("a serviceable unit is placed"),
+    );
     cx.unit_mut(pid, slot).granted = Some(want);
     cx.grant(pid, &id, &host, want.0, epoch);
 }
 
 fn is_duplex(pair: &Pair) -> bool {
     let told = |role: Role| {
-        pair.units.iter().any(|u| u.role == role && u.serviceable() && u.granted == Some((role, pair.epoch)))
+        pair.units
+            .iter()
+            .any(|u| u.role == role && u.serviceable() && u.granted == Some((role, pair.epoch)))
     };
     told(Role::Act) && told(Role::Sby)
 }
 
 /// The incarnation of `unit` on `host` confirmed it no longer serves.
 pub(crate) fn on_released(cx: &mut Cx<'_>, unit: &UnitId, host: &HostId) {
-    let Some((pid, _)) = cx.locate(unit, "released") else { return };
-    let inc = Incarnation { unit: unit.clone(), host: host.clone() };
+    let Some((pid, _)) = cx.locate(unit, "released") else {
+        return;
+    };
+    let inc = Incarnation {
+        unit: unit.clone(),
+        host: host.clone(),
+    };
     if cx.pair(&pid).unreleased.contains(&inc) {
         cx.pair_mut(&pid).unreleased.remove(&inc);
     }

@@ -193,7 +193,10 @@ impl Unit {
 
     /// The incarnation running now, if placed.
     pub fn incarnation(&self) -> Option<Incarnation> {
-        self.host.clone().map(|host| Incarnation { unit: self.id.clone(), host })
+        self.host.clone().map(|host| Incarnation {
+            unit: self.id.clone(),
+            host,
+        })
     }
 }
 
@@ -342,14 +345,20 @@ impl State {
         }
         for (unit, host) in [(&p.act, &p.act_host), (&p.sby, &p.sby_host)] {
             if !self.hosts.contains_key(host) {
-                return Err(EngineError::UnknownHost { pair: p.id.clone(), host: host.clone() });
+                return Err(EngineError::UnknownHost {
+                    pair: p.id.clone(),
+                    host: host.clone(),
+                });
             }
             if !seen.insert(unit.clone()) {
                 return Err(EngineError::DuplicateUnit { unit: unit.clone() });
             }
         }
         if p.act_host == p.sby_host {
-            return Err(EngineError::SameHost { pair: p.id, host: p.act_host });
+            return Err(EngineError::SameHost {
+                pair: p.id,
+                host: p.act_host,
+            });
         }
         let epoch = Epoch(1);
         let act = Unit::new(p.act.clone(), p.act_host.clone(), Role::Act, epoch);
@@ -381,7 +390,11 @@ impl State {
                 index.units.insert(unit.id.clone(), (pid.clone(), slot));
                 match &unit.host {
                     Some(h) => {
-                        index.placed.entry(h.clone()).or_default().insert(unit.id.clone());
+                        index
+                            .placed
+                            .entry(h.clone())
+                            .or_default()
+                            .insert(unit.id.clone());
                     }
                     None => {
                         index.waiting.insert(unit.id.clone());
@@ -410,7 +423,11 @@ impl State {
 
     /// Units placed on a host, in name order.
     pub fn placed_on(&self, host: &HostId) -> Vec<UnitId> {
-        self.index.placed.get(host).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        self.index
+            .placed
+            .get(host)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Units waiting for a spare, in name order.
@@ -420,7 +437,9 @@ impl State {
 
     /// Moves a unit's placement (and the derived index).
     pub(crate) fn place(&mut self, unit: &UnitId, host: Option<HostId>) {
-        let Some((pid, slot)) = self.locate(unit) else { return };
+        let Some((pid, slot)) = self.locate(unit) else {
+            return;
+        };
         let u = &mut self.pairs.get_mut(&pid).expect("indexed pair").units[slot];
         if let Some(old) = u.host.take() {
             if let Some(set) = self.index.placed.get_mut(&old) {
@@ -430,7 +449,11 @@ impl State {
         self.index.waiting.remove(unit);
         match &host {
             Some(h) => {
-                self.index.placed.entry(h.clone()).or_default().insert(unit.clone());
+                self.index
+                    .placed
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(unit.clone());
             }
             None => {
                 self.index.waiting.insert(unit.clone());

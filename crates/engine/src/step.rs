@@ -14,11 +14,19 @@ use crate::{hosts, intent, recovery, roles};
 /// Pure: the same state, event and `now` always give the same result.
 pub fn step(state: &mut State, event: Event, now: Millis) -> Ready {
     state.now = state.now.max(now);
-    let mut cx = Cx { st: state, now, ready: Ready::default(), capacity_freed: false };
+    let mut cx = Cx {
+        st: state,
+        now,
+        ready: Ready::default(),
+        capacity_freed: false,
+    };
+    recovery::lift_quarantines(&mut cx);
     match event {
         Event::FaultReported { unit, kind } => recovery::on_fault(&mut cx, &unit, kind),
         Event::UnitUp { unit, op } => recovery::on_unit_up(&mut cx, &unit, op),
-        Event::StepFailed { unit, op, reason } => recovery::on_step_failed(&mut cx, &unit, op, &reason),
+        Event::StepFailed { unit, op, reason } => {
+            recovery::on_step_failed(&mut cx, &unit, op, &reason)
+        }
         Event::Released { unit, host } => roles::on_released(&mut cx, &unit, &host),
         Event::HostDown { host } => hosts::on_host_down(&mut cx, &host),
         Event::HostUp { host } => hosts::on_host_up(&mut cx, &host),
@@ -75,7 +83,10 @@ impl Cx<'_> {
 
     pub fn pair_mut(&mut self, pair: &PairId) -> &mut Pair {
         self.ready.persist.pairs.insert(pair.clone());
-        self.st.pairs.get_mut(pair).expect("pair ids come from the index")
+        self.st
+            .pairs
+            .get_mut(pair)
+            .expect("pair ids come from the index")
     }
 
     pub fn unit(&self, pair: &PairId, slot: usize) -> &Unit {
@@ -114,7 +125,9 @@ impl Cx<'_> {
         let epoch = self.pair(pair).epoch;
         let unit = self.unit_mut(pair, slot);
         unit.role = Role::None;
-        let Some(host) = unit.host.clone() else { return };
+        let Some(host) = unit.host.clone() else {
+            return;
+        };
         let id = unit.id.clone();
         if unit.granted.is_some() && self.st.hosts[&host].up {
             self.unit_mut(pair, slot).granted = Some((Role::None, epoch));
@@ -148,7 +161,14 @@ impl Cx<'_> {
     }
 
     pub fn arm(&mut self, unit: &UnitId, kind: TimerKind, op: u64, at: Millis) {
-        self.emit(Command::ArmTimer { timer: Timer { unit: unit.clone(), kind, op }, at });
+        self.emit(Command::ArmTimer {
+            timer: Timer {
+                unit: unit.clone(),
+                kind,
+                op,
+            },
+            at,
+        });
     }
 
     /// Settles roles of every pair touched, then hands back the result.

@@ -12,7 +12,9 @@ mod scenario;
 mod world;
 
 pub use report::{Entry, FaultRecord, PairAfter, Report, UnitAfter, What, secs};
-pub use scenario::{Broken, FaultPlan, RandomFaults, Scenario, ScenarioError, SimHost, Target, Timing};
+pub use scenario::{
+    Broken, FaultPlan, RandomFaults, Scenario, ScenarioError, SimHost, Target, Timing,
+};
 
 use duplex_engine::{EngineError, State};
 use duplex_model::Policy;

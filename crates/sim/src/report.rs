@@ -157,18 +157,40 @@ impl Report {
     ) -> Report {
         let interrupted = || faults.iter().filter(|f| f.interrupted);
         let all_restored = interrupted().all(|f| f.restored_at_ms.is_some());
-        let mttr_ms = if all_restored { mean(interrupted().filter_map(FaultRecord::outage_ms)).or(Some(0)) } else { None };
-        let max_outage_ms = if all_restored { interrupted().filter_map(FaultRecord::outage_ms).max().or(Some(0)) } else { None };
-        let time_to_duplex_ms = mean(faults.iter().filter_map(|f| f.duplex_at_ms.map(|d| d - f.at_ms)));
+        let mttr_ms = if all_restored {
+            mean(interrupted().filter_map(FaultRecord::outage_ms)).or(Some(0))
+        } else {
+            None
+        };
+        let max_outage_ms = if all_restored {
+            interrupted()
+                .filter_map(FaultRecord::outage_ms)
+                .max()
+                .or(Some(0))
+        } else {
+            None
+        };
+        let time_to_duplex_ms = mean(
+            faults
+                .iter()
+                .filter_map(|f| f.duplex_at_ms.map(|d| d - f.at_ms)),
+        );
         // Every pair starts duplex at epoch 1 with its ACT told so.
-        let mut last_act_epoch: BTreeMap<_, _> = state.pairs.keys().map(|p| (p.clone(), duplex_model::Epoch(1))).collect();
+        let mut last_act_epoch: BTreeMap<_, _> = state
+            .pairs
+            .keys()
+            .map(|p| (p.clone(), duplex_model::Epoch(1)))
+            .collect();
         let path = events
             .iter()
             .filter(|e| match &e.what {
                 // A re-grant to the same ACT at the same epoch is no step of the path.
-                What::Note(Note::RoleGranted { pair, role: Role::Act, epoch, .. }) => {
-                    last_act_epoch.insert(pair.clone(), *epoch) != Some(*epoch)
-                }
+                What::Note(Note::RoleGranted {
+                    pair,
+                    role: Role::Act,
+                    epoch,
+                    ..
+                }) => last_act_epoch.insert(pair.clone(), *epoch) != Some(*epoch),
                 _ => true,
             })
             .filter_map(|e| path_step(&e.what))
@@ -195,7 +217,14 @@ impl Report {
                         (u.id.to_string(), after)
                     })
                     .collect();
-                (pid.to_string(), PairAfter { epoch: p.epoch.0, duplex: p.duplex, units })
+                (
+                    pid.to_string(),
+                    PairAfter {
+                        epoch: p.epoch.0,
+                        duplex: p.duplex,
+                        units,
+                    },
+                )
             })
             .collect();
         Report {
@@ -227,17 +256,46 @@ impl Report {
         }
         let _ = writeln!(out);
         let _ = writeln!(out, "path:           {}", self.path.join(" → "));
-        let _ = writeln!(out, "mttr:           {}", self.mttr_ms.map_or("not restored".into(), secs));
-        let _ = writeln!(out, "back to duplex: {}", self.time_to_duplex_ms.map_or("never".into(), secs));
+        let _ = writeln!(
+            out,
+            "mttr:           {}",
+            self.mttr_ms.map_or("not restored".into(), secs)
+        );
+        let _ = writeln!(
+            out,
+            "back to duplex: {}",
+            self.time_to_duplex_ms.map_or("never".into(), secs)
+        );
         for (pid, p) in &self.roles_after {
             let units: Vec<String> = p
                 .units
                 .iter()
-                .map(|(u, a)| format!("{u} {} on {} ({})", a.role, a.host.as_deref().unwrap_or("-"), a.health))
+                .map(|(u, a)| {
+                    format!(
+                        "{u} {} on {} ({})",
+                        a.role,
+                        a.host.as_deref().unwrap_or("-"),
+                        a.health
+                    )
+                })
                 .collect();
-            let _ = writeln!(out, "pair {pid}:  epoch {} · {} · {}", p.epoch, if p.duplex { "duplex" } else { "NOT duplex" }, units.join(", "));
+            let _ = writeln!(
+                out,
+                "pair {pid}:  epoch {} · {} · {}",
+                p.epoch,
+                if p.duplex { "duplex" } else { "NOT duplex" },
+                units.join(", ")
+            );
         }
-        let _ = writeln!(out, "invariants:     {}", if self.invariants_ok { "ok".to_owned() } else { self.violations.join("; ") });
+        let _ = writeln!(
+            out,
+            "invariants:     {}",
+            if self.invariants_ok {
+                "ok".to_owned()
+            } else {
+                self.violations.join("; ")
+            }
+        );
         out
     }
 }
@@ -255,14 +313,24 @@ fn path_step(what: &What) -> Option<String> {
             Decision::HostLost => Some(format!("host-lost {unit}")),
             Decision::Ladder(_) | Decision::Ignored(_) => None,
         },
-        What::Note(Note::StepStarted { unit, host, phase, action, .. }) => {
-            Some(format!("{phase} {} {unit}@{host}", action.label()))
-        }
-        What::Note(Note::StepFailed { unit, host, phase, .. }) => Some(format!("failed {phase} {unit}@{host}")),
+        What::Note(Note::StepStarted {
+            unit,
+            host,
+            phase,
+            action,
+            ..
+        }) => Some(format!("{phase} {} {unit}@{host}", action.label())),
+        What::Note(Note::StepFailed {
+            unit, host, phase, ..
+        }) => Some(format!("failed {phase} {unit}@{host}")),
         What::Note(Note::DuplexStopped { .. }) => Some("stop-duplex".into()),
-        What::Note(Note::RoleGranted { unit, host, role: Role::Act, epoch, .. }) => {
-            Some(format!("ACT {unit}@{host} epoch {epoch}"))
-        }
+        What::Note(Note::RoleGranted {
+            unit,
+            host,
+            role: Role::Act,
+            epoch,
+            ..
+        }) => Some(format!("ACT {unit}@{host} epoch {epoch}")),
         What::Note(Note::DuplexResumed { .. }) => Some("duplex".into()),
         What::Note(Note::NoSpareLeft { unit, .. }) => Some(format!("no-spare {unit}")),
         _ => None,
@@ -271,15 +339,27 @@ fn path_step(what: &What) -> Option<String> {
 
 fn timeline_line(what: &What) -> Option<String> {
     Some(match what {
-        What::Fault { unit, kind, role, host } => {
-            format!("FAULT     {kind} on {unit} ({role}) at {}", host.as_deref().unwrap_or("-"))
+        What::Fault {
+            unit,
+            kind,
+            role,
+            host,
+        } => {
+            format!(
+                "FAULT     {kind} on {unit} ({role}) at {}",
+                host.as_deref().unwrap_or("-")
+            )
         }
         What::World { what } => format!("world     {what}"),
         What::Violation { what } => format!("VIOLATION {what}"),
         What::Event(Event::UnitUp { unit, op }) => format!("answer    {unit} up (step {op})"),
-        What::Event(Event::StepFailed { unit, op, reason }) => format!("answer    {unit} step {op} failed: {reason}"),
+        What::Event(Event::StepFailed { unit, op, reason }) => {
+            format!("answer    {unit} step {op} failed: {reason}")
+        }
         What::Event(Event::HostDown { host }) => format!("detect    host {host} lost"),
-        What::Event(Event::FaultReported { unit, kind }) => format!("detect    {kind} reported for {unit}"),
+        What::Event(Event::FaultReported { unit, kind }) => {
+            format!("detect    {kind} reported for {unit}")
+        }
         What::Event(_) => return None,
         What::Command(c) => format!("command   {}", command_text(c)?),
         What::Note(n) => format!("decide    {}", note_text(n)?),
@@ -289,15 +369,38 @@ fn timeline_line(what: &What) -> Option<String> {
 fn command_text(c: &Command) -> Option<String> {
     Some(match c {
         Command::ResetProcess(t) => format!("reset process of {} on {}", t.unit, t.host),
-        Command::RestartApplication(t) => format!("restart application of {} on {}", t.unit, t.host),
+        Command::RestartApplication(t) => {
+            format!("restart application of {} on {}", t.unit, t.host)
+        }
         Command::RestartMiddleware(t) => format!("restart middleware of {} on {}", t.unit, t.host),
-        Command::RebootOs { target, from } => format!("reboot {} on {} from {from}", target.unit, target.host),
-        Command::Recreate { target, from } => format!("recreate {} on {} from {from}", target.unit, target.host),
+        Command::RebootOs { target, from } => {
+            format!("reboot {} on {} from {from}", target.unit, target.host)
+        }
+        Command::Recreate { target, from } => {
+            format!("recreate {} on {} from {from}", target.unit, target.host)
+        }
         Command::DestroyUnit { unit, host, .. } => format!("destroy {unit} on {host}"),
         Command::StopDuplex { pair, .. } => format!("stop duplex of {pair}"),
-        Command::ResumeDuplex { pair, act, sby, epoch } => format!("resume duplex of {pair}: ACT {act}, SBY {sby}, epoch {epoch}"),
-        Command::GrantRole { unit, host, role: Role::None, epoch, .. } => format!("revoke the role of {unit} on {host}, epoch {epoch}"),
-        Command::GrantRole { unit, host, role, epoch, .. } => format!("grant {role} to {unit} on {host}, epoch {epoch}"),
+        Command::ResumeDuplex {
+            pair,
+            act,
+            sby,
+            epoch,
+        } => format!("resume duplex of {pair}: ACT {act}, SBY {sby}, epoch {epoch}"),
+        Command::GrantRole {
+            unit,
+            host,
+            role: Role::None,
+            epoch,
+            ..
+        } => format!("revoke the role of {unit} on {host}, epoch {epoch}"),
+        Command::GrantRole {
+            unit,
+            host,
+            role,
+            epoch,
+            ..
+        } => format!("grant {role} to {unit} on {host}, epoch {epoch}"),
         Command::FenceHost { host } => format!("fence host {host}"),
         Command::ArmTimer { .. } => return None,
     })
@@ -305,23 +408,46 @@ fn command_text(c: &Command) -> Option<String> {
 
 fn note_text(n: &Note) -> Option<String> {
     Some(match n {
-        Note::Fault { unit, kind, role, decision, .. } => {
+        Note::Fault {
+            unit,
+            kind,
+            role,
+            decision,
+            ..
+        } => {
             let d = match decision {
                 Decision::Ladder(p) => format!("ladder at {p}"),
-                Decision::DuplexRestart(p) => format!("duplex restart ({p}): first unit up becomes ACT"),
+                Decision::DuplexRestart(p) => {
+                    format!("duplex restart ({p}): first unit up becomes ACT")
+                }
                 Decision::HotTakeover(p) => format!("hot takeover ({p}): promote the SBY"),
                 Decision::HostLost => "host lost: heal elsewhere".into(),
                 Decision::Ignored(why) => format!("ignored: {why}"),
             };
             format!("{kind} of {unit} ({role}): {d}")
         }
-        Note::StepFailed { unit, phase, reason, .. } => format!("{phase} of {unit} failed: {reason}"),
+        Note::StepFailed {
+            unit,
+            phase,
+            reason,
+            ..
+        } => format!("{phase} of {unit} failed: {reason}"),
         Note::LadderReset { unit, .. } => format!("ladder of {unit} reset after a quiet probation"),
-        Note::PromotionWaitsForFence { unit, waiting_for, .. } => {
-            format!("{unit} waits to become ACT until {} is released/fenced", waiting_for.join(", "))
+        Note::PromotionWaitsForFence {
+            unit, waiting_for, ..
+        } => {
+            format!(
+                "{unit} waits to become ACT until {} is released/fenced",
+                waiting_for.join(", ")
+            )
         }
-        Note::NoSpareLeft { unit, .. } => format!("no spare host left for {unit}; the other unit keeps serving"),
-        Note::HostQuarantined { host, until } => format!("spare {host} failed a recreate: no new units there until {}", secs(*until)),
+        Note::NoSpareLeft { unit, .. } => {
+            format!("no spare host left for {unit}; the other unit keeps serving")
+        }
+        Note::HostQuarantined { host, until } => format!(
+            "spare {host} failed a recreate: no new units there until {}",
+            secs(*until)
+        ),
         Note::Ignored { what } => format!("ignored: {what}"),
         Note::StepStarted { .. }
         | Note::StepSucceeded { .. }

@@ -111,7 +111,9 @@ impl Timing {
             Action::RebootOs(_) => match phase {
                 Phase::Ph30 => self.ph30,
                 Phase::Ph35 => self.ph35,
-                Phase::Ph05 | Phase::Ph10 | Phase::Ph20 | Phase::Ph25 | Phase::AutoHeal => self.ph25,
+                Phase::Ph05 | Phase::Ph10 | Phase::Ph20 | Phase::Ph25 | Phase::AutoHeal => {
+                    self.ph25
+                }
             },
             Action::Recreate(_) => self.recreate,
         }
@@ -191,7 +193,10 @@ fn ten_minutes() -> Millis {
 }
 
 fn unit_kinds() -> Vec<FaultKind> {
-    FaultKind::ALL.into_iter().filter(|k| *k != FaultKind::HostDown).collect()
+    FaultKind::ALL
+        .into_iter()
+        .filter(|k| *k != FaultKind::HostDown)
+        .collect()
 }
 
 /// A checked scenario, ready to run.
@@ -220,8 +225,10 @@ pub struct Scenario {
 impl Scenario {
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ScenarioError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Scenario::parse(path, &text)
     }
 
@@ -244,7 +251,13 @@ impl Scenario {
     }
 }
 
-fn invalid(path: &Path, text: &str, span: Range<usize>, field: &str, message: String) -> ScenarioError {
+fn invalid(
+    path: &Path,
+    text: &str,
+    span: Range<usize>,
+    field: &str,
+    message: String,
+) -> ScenarioError {
     let start = span.start.min(text.len());
     let before = &text[..start];
     let line = before.matches('\n').count() + 1;
@@ -337,7 +350,8 @@ impl RawScenario {
             Some(e) => {
                 let span = e.span();
                 let cfg = e.into_inner();
-                cfg.validate().map_err(|err| at(span, "engine", err.to_string()))?;
+                cfg.validate()
+                    .map_err(|err| at(span, "engine", err.to_string()))?;
                 cfg
             }
             None => EngineConfig::default(),
@@ -355,14 +369,25 @@ impl RawScenario {
                 let span = r.span();
                 let r = r.into_inner();
                 if r.end_ms < r.start_ms || r.kinds.is_empty() {
-                    return Err(at(span, "random", "needs start_ms <= end_ms and at least one kind".into()));
+                    return Err(at(
+                        span,
+                        "random",
+                        "needs start_ms <= end_ms and at least one kind".into(),
+                    ));
                 }
                 Some(r)
             }
             None => None,
         };
-        let last = faults.iter().map(|f| f.at).chain(random.iter().map(|r| r.end_ms)).max().unwrap_or(0);
-        let default_name = path.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+        let last = faults
+            .iter()
+            .map(|f| f.at)
+            .chain(random.iter().map(|r| r.end_ms))
+            .max()
+            .unwrap_or(0);
+        let default_name = path
+            .file_stem()
+            .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
         Ok(Scenario {
             name: self.name.unwrap_or(default_name),
             description: self.description,
@@ -386,14 +411,26 @@ fn check_hosts(raw: Vec<RawHost>, at: &At<'_>) -> Result<Vec<SimHost>, ScenarioE
     for (i, h) in raw.into_iter().enumerate() {
         let field = |f: &str| format!("hosts[{i}].{f}");
         if !seen.insert(h.name.get_ref().clone()) {
-            return Err(at(h.name.span(), &field("name"), format!("host {:?} is defined twice", h.name.get_ref())));
+            return Err(at(
+                h.name.span(),
+                &field("name"),
+                format!("host {:?} is defined twice", h.name.get_ref()),
+            ));
         }
         if *h.capacity.get_ref() == 0 {
-            return Err(at(h.capacity.span(), &field("capacity"), "must be at least 1".into()));
+            return Err(at(
+                h.capacity.span(),
+                &field("capacity"),
+                "must be at least 1".into(),
+            ));
         }
         let speed = *h.speed.get_ref();
         if !(speed.is_finite() && speed > 0.0) {
-            return Err(at(h.speed.span(), &field("speed"), format!("{speed} is not a positive factor")));
+            return Err(at(
+                h.speed.span(),
+                &field("speed"),
+                format!("{speed} is not a positive factor"),
+            ));
         }
         hosts.push(SimHost {
             spec: HostSpec {
@@ -422,7 +459,11 @@ fn check_pairs(
         let field = |f: &str| format!("pairs[{i}].{f}");
         let name = p.name.get_ref().clone();
         if pairs.iter().any(|q| q.id.as_str() == name) {
-            return Err(at(p.name.span(), &field("name"), format!("pair {name:?} is defined twice")));
+            return Err(at(
+                p.name.span(),
+                &field("name"),
+                format!("pair {name:?} is defined twice"),
+            ));
         }
         for (key, host) in [("act", &p.act), ("sby", &p.sby)] {
             if !hosts.contains(host.get_ref().as_str()) {
@@ -442,7 +483,11 @@ fn check_pairs(
         for u in [&a, &b] {
             let span = p.units.as_ref().map_or(p.name.span(), Spanned::span);
             if units.insert(u.clone(), PairId::new(name.clone())).is_some() || a == b {
-                return Err(at(span, &field("units"), format!("unit name {u:?} is used twice")));
+                return Err(at(
+                    span,
+                    &field("units"),
+                    format!("unit name {u:?} is used twice"),
+                ));
             }
         }
         pairs.push(PairSpec {
@@ -470,21 +515,37 @@ fn check_fault(
     let repair_after = f.repair_ms;
     if let Some(host) = &f.host {
         if f.kind != FaultKind::HostDown {
-            let msg = format!("`host` only goes with kind = \"host-down\", not {:?}", f.kind.as_str());
+            let msg = format!(
+                "`host` only goes with kind = \"host-down\", not {:?}",
+                f.kind.as_str()
+            );
             return Err(at(host.span(), &field("host"), msg));
         }
         if !hosts.contains(host.get_ref().as_str()) {
-            return Err(at(host.span(), &field("host"), format!("host {:?} is not defined", host.get_ref())));
+            return Err(at(
+                host.span(),
+                &field("host"),
+                format!("host {:?} is not defined", host.get_ref()),
+            ));
         }
         let target = Target::Host(HostId::new(host.get_ref().clone()));
-        return Ok(FaultPlan { at: f.at_ms, target, kind: f.kind, repair_after });
+        return Ok(FaultPlan {
+            at: f.at_ms,
+            target,
+            kind: f.kind,
+            repair_after,
+        });
     }
     let Some(pair) = &f.pair else {
         let msg = "name the `pair` (and `unit` = \"act\", \"sby\" or a unit name), or a `host` for host-down";
         return Err(at(span, &field("pair"), msg.into()));
     };
     if !pairs.iter().any(|p| p.id.as_str() == pair.get_ref()) {
-        return Err(at(pair.span(), &field("pair"), format!("pair {:?} is not defined", pair.get_ref())));
+        return Err(at(
+            pair.span(),
+            &field("pair"),
+            format!("pair {:?} is not defined", pair.get_ref()),
+        ));
     }
     let pid = PairId::new(pair.get_ref().clone());
     let target = match f.unit.as_ref().map(|u| (u.get_ref().as_str(), u.span())) {
@@ -492,11 +553,18 @@ fn check_fault(
         Some(("sby", _)) => Target::Sby(pid),
         Some((name, span)) => {
             if units.get(name) != Some(&pid) {
-                let msg = format!("unit {name:?} is not a unit of pair {pid}: use \"act\", \"sby\" or one of its units");
+                let msg = format!(
+                    "unit {name:?} is not a unit of pair {pid}: use \"act\", \"sby\" or one of its units"
+                );
                 return Err(at(span, &field("unit"), msg));
             }
             Target::Unit(UnitId::new(name))
         }
     };
-    Ok(FaultPlan { at: f.at_ms, target, kind: f.kind, repair_after })
+    Ok(FaultPlan {
+        at: f.at_ms,
+        target,
+        kind: f.kind,
+        repair_after,
+    })
 }

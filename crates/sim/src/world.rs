@@ -22,7 +22,12 @@ enum Happening {
     /// A command reaches the agent of its host.
     Arrive(Command),
     /// A step on a host finished (or failed).
-    StepDone { unit: UnitId, host: HostId, op: u64, ok: bool },
+    StepDone {
+        unit: UnitId,
+        host: HostId,
+        op: u64,
+        ok: bool,
+    },
     /// A destroy finished.
     Destroyed { unit: UnitId, host: HostId },
     /// Fencing of a host finished.
@@ -103,7 +108,16 @@ impl<'s> World<'s> {
         let hosts = sc
             .hosts
             .iter()
-            .map(|h| (h.spec.id.clone(), WorldHost { up: true, speed: h.speed, broken: h.broken }))
+            .map(|h| {
+                (
+                    h.spec.id.clone(),
+                    WorldHost {
+                        up: true,
+                        speed: h.speed,
+                        broken: h.broken,
+                    },
+                )
+            })
             .collect();
         let mut instances = BTreeMap::new();
         for (pid, pair) in &state.pairs {
@@ -111,7 +125,13 @@ impl<'s> World<'s> {
                 let host = u.host.clone().expect("pairs start placed");
                 instances.insert(
                     (u.id.clone(), host),
-                    Instance { pair: pid.clone(), believed: u.granted, known: pair.epoch, healthy: true, pending: None },
+                    Instance {
+                        pair: pid.clone(),
+                        believed: u.granted,
+                        known: pair.epoch,
+                        healthy: true,
+                        pending: None,
+                    },
                 );
             }
         }
@@ -141,7 +161,11 @@ impl<'s> World<'s> {
 
     fn at(&mut self, at: Millis, what: Happening) {
         self.seq += 1;
-        self.queue.push(Reverse(Queued { at: at.max(self.now), seq: self.seq, what }));
+        self.queue.push(Reverse(Queued {
+            at: at.max(self.now),
+            seq: self.seq,
+            what,
+        }));
     }
 
     fn after(&mut self, delay: Millis, what: Happening) {
@@ -149,7 +173,10 @@ impl<'s> World<'s> {
     }
 
     fn record(&mut self, what: What) {
-        self.log.push(Entry { t_ms: self.now, what });
+        self.log.push(Entry {
+            t_ms: self.now,
+            what,
+        });
     }
 
     fn violation(&mut self, what: String) {
@@ -166,7 +193,9 @@ impl<'s> World<'s> {
             }
             n += 1;
             if n > MAX_HAPPENINGS {
-                self.violation(format!("the run did not settle after {MAX_HAPPENINGS} happenings"));
+                self.violation(format!(
+                    "the run did not settle after {MAX_HAPPENINGS} happenings"
+                ));
                 break;
             }
             self.now = q.at;
@@ -193,7 +222,9 @@ impl<'s> World<'s> {
             }
             Happening::Repaired { host } => {
                 self.hosts.get_mut(&host).expect("known host").up = true;
-                self.record(What::World { what: format!("host {host} is back") });
+                self.record(What::World {
+                    what: format!("host {host} is back"),
+                });
                 self.reassess_all();
                 self.feed(Event::HostUp { host });
             }
@@ -210,21 +241,32 @@ impl<'s> World<'s> {
         let plan = self.plan[i].clone();
         let detect = self.sc.timing.detect(plan.kind);
         let unit = match &plan.target {
-            Target::Host(host) => return self.strike_host(host, plan.kind, detect, plan.repair_after),
+            Target::Host(host) => {
+                return self.strike_host(host, plan.kind, detect, plan.repair_after);
+            }
             Target::Act(p) | Target::Sby(p) => {
-                let want = if matches!(plan.target, Target::Act(_)) { Role::Act } else { Role::Sby };
+                let want = if matches!(plan.target, Target::Act(_)) {
+                    Role::Act
+                } else {
+                    Role::Sby
+                };
                 let pair = &self.state.pairs[p];
                 match pair.units.iter().find(|u| u.role == want) {
                     Some(u) => u.id.clone(),
                     None => {
-                        let what = format!("fault {} on pair {p}: no unit holds {want} now, skipped", plan.kind);
+                        let what = format!(
+                            "fault {} on pair {p}: no unit holds {want} now, skipped",
+                            plan.kind
+                        );
                         return self.record(What::World { what });
                     }
                 }
             }
             Target::Unit(u) => u.clone(),
         };
-        let Some(u) = self.state.unit(&unit) else { return };
+        let Some(u) = self.state.unit(&unit) else {
+            return;
+        };
         let (role, host) = (u.role, u.host.clone());
         let (pid, _) = self.state.locate(&unit).expect("known unit");
         if plan.kind == FaultKind::HostDown {
@@ -239,18 +281,39 @@ impl<'s> World<'s> {
                 inst.healthy = false;
             }
         }
-        self.record(What::Fault { unit: unit.to_string(), kind: plan.kind, role, host: host.map(|h| h.to_string()) });
+        self.record(What::Fault {
+            unit: unit.to_string(),
+            kind: plan.kind,
+            role,
+            host: host.map(|h| h.to_string()),
+        });
         self.open_fault(&pid, Some(unit.clone()), plan.kind, role, was_serving);
-        self.after(detect, Happening::Deliver(Event::FaultReported { unit, kind: plan.kind }));
+        self.after(
+            detect,
+            Happening::Deliver(Event::FaultReported {
+                unit,
+                kind: plan.kind,
+            }),
+        );
     }
 
-    fn strike_host(&mut self, host: &HostId, kind: FaultKind, detect: Millis, repair: Option<Millis>) {
-        let Some(h) = self.hosts.get_mut(host) else { return };
+    fn strike_host(
+        &mut self,
+        host: &HostId,
+        kind: FaultKind,
+        detect: Millis,
+        repair: Option<Millis>,
+    ) {
+        let Some(h) = self.hosts.get_mut(host) else {
+            return;
+        };
         if !h.up {
             return;
         }
         h.up = false;
-        self.record(What::World { what: format!("host {host} goes down") });
+        self.record(What::World {
+            what: format!("host {host} goes down"),
+        });
         let hit: Vec<(PairId, UnitId)> = self
             .instances
             .iter()
@@ -262,13 +325,23 @@ impl<'s> World<'s> {
             let role = self.state.unit(&unit).map_or(Role::None, |u| u.role);
             self.open_fault(&pid, Some(unit), kind, role, before[&pid]);
         }
-        self.after(detect, Happening::Deliver(Event::HostDown { host: host.clone() }));
+        self.after(
+            detect,
+            Happening::Deliver(Event::HostDown { host: host.clone() }),
+        );
         if let Some(r) = repair {
             self.after(r, Happening::Repaired { host: host.clone() });
         }
     }
 
-    fn open_fault(&mut self, pid: &PairId, unit: Option<UnitId>, kind: FaultKind, role: Role, was_serving: bool) {
+    fn open_fault(
+        &mut self,
+        pid: &PairId,
+        unit: Option<UnitId>,
+        kind: FaultKind,
+        role: Role,
+        was_serving: bool,
+    ) {
         self.reassess(pid);
         let interrupted = was_serving && !self.serving[pid];
         self.faults.push(FaultRecord {
@@ -291,7 +364,11 @@ impl<'s> World<'s> {
         if let Some(before) = before {
             let mut found: Vec<String> = duplex_engine::invariants::check(&self.state)
                 .into_iter()
-                .chain(duplex_engine::invariants::check_step(&before, &self.state, &ready))
+                .chain(duplex_engine::invariants::check_step(
+                    &before,
+                    &self.state,
+                    &ready,
+                ))
                 .map(|v| v.to_string())
                 .collect();
             found.dedup();
@@ -300,12 +377,18 @@ impl<'s> World<'s> {
             }
         }
         if let Some(err) = &ready.rejected {
-            self.record(What::World { what: format!("intent rejected: {err}") });
+            self.record(What::World {
+                what: format!("intent rejected: {err}"),
+            });
         }
         for note in ready.notes {
             if let Note::DuplexResumed { pair, .. } = &note {
                 let now = self.now;
-                for f in self.faults.iter_mut().filter(|f| f.pair == pair.as_str() && f.duplex_at_ms.is_none()) {
+                for f in self
+                    .faults
+                    .iter_mut()
+                    .filter(|f| f.pair == pair.as_str() && f.duplex_at_ms.is_none())
+                {
                     f.duplex_at_ms = Some(now);
                 }
             }
@@ -319,7 +402,9 @@ impl<'s> World<'s> {
     fn dispatch(&mut self, cmd: Command) {
         match &cmd {
             Command::ArmTimer { timer, at } => {
-                let ev = Event::TimerFired { timer: timer.clone() };
+                let ev = Event::TimerFired {
+                    timer: timer.clone(),
+                };
                 return self.at(*at, Happening::Deliver(ev));
             }
             Command::FenceHost { host } => {
@@ -344,7 +429,9 @@ impl<'s> World<'s> {
             let delay = self.sc.timing.command;
             self.after(delay, Happening::Arrive(cmd));
         } else {
-            self.record(What::World { what: format!("host {host} unreachable: command lost") });
+            self.record(What::World {
+                what: format!("host {host} unreachable: command lost"),
+            });
         }
     }
 
@@ -352,14 +439,22 @@ impl<'s> World<'s> {
     fn arrive(&mut self, cmd: Command) {
         let host = cmd.host().expect("only host commands travel").clone();
         if !self.hosts[&host].up {
-            return self.record(What::World { what: format!("host {host} unreachable: command lost") });
+            return self.record(What::World {
+                what: format!("host {host} unreachable: command lost"),
+            });
         }
         match cmd {
-            Command::ResetProcess(t) | Command::RestartApplication(t) | Command::RestartMiddleware(t) => {
+            Command::ResetProcess(t)
+            | Command::RestartApplication(t)
+            | Command::RestartMiddleware(t) => {
                 self.start(t);
             }
-            Command::RebootOs { target, .. } | Command::Recreate { target, .. } => self.start(target),
-            Command::DestroyUnit { unit, host, epoch, .. } => {
+            Command::RebootOs { target, .. } | Command::Recreate { target, .. } => {
+                self.start(target)
+            }
+            Command::DestroyUnit {
+                unit, host, epoch, ..
+            } => {
                 if self.refuses(&unit, &host, epoch) {
                     return;
                 }
@@ -372,7 +467,13 @@ impl<'s> World<'s> {
                 self.reassess_all();
                 self.after(delay, Happening::Destroyed { unit, host });
             }
-            Command::GrantRole { pair, unit, host, role, epoch } => self.grant(&pair, unit, host, role, epoch),
+            Command::GrantRole {
+                pair,
+                unit,
+                host,
+                role,
+                epoch,
+            } => self.grant(&pair, unit, host, role, epoch),
             Command::ArmTimer { .. }
             | Command::FenceHost { .. }
             | Command::StopDuplex { .. }
@@ -381,10 +482,15 @@ impl<'s> World<'s> {
     }
 
     fn refuses(&mut self, unit: &UnitId, host: &HostId, epoch: Epoch) -> bool {
-        let stale = self.instances.get(&(unit.clone(), host.clone())).is_some_and(|i| epoch < i.known);
+        let stale = self
+            .instances
+            .get(&(unit.clone(), host.clone()))
+            .is_some_and(|i| epoch < i.known);
         if stale {
             self.refused_stale += 1;
-            self.record(What::World { what: format!("{unit}@{host} refused a command of stale epoch {epoch}") });
+            self.record(What::World {
+                what: format!("{unit}@{host} refused a command of stale epoch {epoch}"),
+            });
         }
         stale
     }
@@ -393,23 +499,58 @@ impl<'s> World<'s> {
         if self.refuses(&t.unit, &t.host, t.epoch) {
             return;
         }
-        let Some(step) = self.state.unit(&t.unit).and_then(|u| u.step().cloned()) else { return };
+        let Some(step) = self.state.unit(&t.unit).and_then(|u| u.step().cloned()) else {
+            return;
+        };
         if step.op != t.op {
             return;
         }
         let pid = t.pair.clone();
         let key = (t.unit.clone(), t.host.clone());
-        let known = self.instances.get(&key).map_or(Epoch(0), |i| i.known).max(t.epoch);
-        self.instances.insert(key, Instance { pair: pid.clone(), believed: None, known, healthy: false, pending: Some(t.op) });
+        let known = self
+            .instances
+            .get(&key)
+            .map_or(Epoch(0), |i| i.known)
+            .max(t.epoch);
+        self.instances.insert(
+            key,
+            Instance {
+                pair: pid.clone(),
+                believed: None,
+                known,
+                healthy: false,
+                pending: Some(t.op),
+            },
+        );
         self.reassess(&pid);
         let h = &self.hosts[&t.host];
         let base = self.sc.timing.of_action(step.action, step.phase);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let took = (base as f64 * h.speed).round() as Millis;
         match h.broken {
             Some(Broken::Hang) => {}
-            Some(Broken::Fail) => self.after(took, Happening::StepDone { unit: t.unit, host: t.host, op: t.op, ok: false }),
-            None => self.after(took, Happening::StepDone { unit: t.unit, host: t.host, op: t.op, ok: true }),
+            Some(Broken::Fail) => self.after(
+                took,
+                Happening::StepDone {
+                    unit: t.unit,
+                    host: t.host,
+                    op: t.op,
+                    ok: false,
+                },
+            ),
+            None => self.after(
+                took,
+                Happening::StepDone {
+                    unit: t.unit,
+                    host: t.host,
+                    op: t.op,
+                    ok: true,
+                },
+            ),
         }
     }
 
@@ -417,7 +558,9 @@ impl<'s> World<'s> {
         if !self.hosts[&host].up {
             return;
         }
-        let Some(inst) = self.instances.get_mut(&(unit.clone(), host.clone())) else { return };
+        let Some(inst) = self.instances.get_mut(&(unit.clone(), host.clone())) else {
+            return;
+        };
         if inst.pending != Some(op) {
             return;
         }
@@ -436,7 +579,9 @@ impl<'s> World<'s> {
             return;
         }
         let Some(inst) = self.instances.get_mut(&(unit.clone(), host.clone())) else {
-            return self.record(What::World { what: format!("grant for {unit}@{host}: nothing runs there") });
+            return self.record(What::World {
+                what: format!("grant for {unit}@{host}: nothing runs there"),
+            });
         };
         inst.known = inst.known.max(epoch);
         inst.believed = Some((role, epoch));
@@ -458,7 +603,10 @@ impl<'s> World<'s> {
             .map(|((u, h), i)| format!("{u}@{h} (epoch {})", i.believed.map_or(0, |b| b.1.0)))
             .collect();
         if acts.len() > 1 {
-            self.violation(format!("pair {pid}: two incarnations believe they are ACT: {}", acts.join(", ")));
+            self.violation(format!(
+                "pair {pid}: two incarnations believe they are ACT: {}",
+                acts.join(", ")
+            ));
         }
     }
 
@@ -473,17 +621,31 @@ impl<'s> World<'s> {
     /// reachable host. Service coming back closes the outages of earlier faults.
     fn reassess(&mut self, pid: &PairId) {
         let now_serving = self.instances.iter().any(|((_, h), i)| {
-            &i.pair == pid && i.healthy && matches!(i.believed, Some((Role::Act, _))) && self.hosts[h].up
+            &i.pair == pid
+                && i.healthy
+                && matches!(i.believed, Some((Role::Act, _)))
+                && self.hosts[h].up
         });
-        let was = self.serving.insert(pid.clone(), now_serving).unwrap_or(false);
+        let was = self
+            .serving
+            .insert(pid.clone(), now_serving)
+            .unwrap_or(false);
         if now_serving && !was {
             let now = self.now;
-            self.record(What::World { what: format!("pair {pid} serves again") });
-            for f in self.faults.iter_mut().filter(|f| f.pair == pid.as_str() && f.interrupted && f.restored_at_ms.is_none()) {
+            self.record(What::World {
+                what: format!("pair {pid} serves again"),
+            });
+            for f in self
+                .faults
+                .iter_mut()
+                .filter(|f| f.pair == pid.as_str() && f.interrupted && f.restored_at_ms.is_none())
+            {
                 f.restored_at_ms = Some(now);
             }
         } else if was && !now_serving {
-            self.record(What::World { what: format!("pair {pid} stops serving") });
+            self.record(What::World {
+                what: format!("pair {pid} stops serving"),
+            });
         }
     }
 
@@ -493,9 +655,14 @@ impl<'s> World<'s> {
             let pair = &self.state.pairs[&pid];
             let stranded = pair.units.iter().all(|u| u.host.is_none());
             if !self.serving[&pid] && !stranded {
-                let spare = pair.units.iter().any(|u| self.state.pick_spare(&u.id, &[]).is_some());
+                let spare = pair
+                    .units
+                    .iter()
+                    .any(|u| self.state.pick_spare(&u.id, &[]).is_some());
                 if spare {
-                    self.violation(format!("pair {pid} ends without a serving ACT although a spare has room"));
+                    self.violation(format!(
+                        "pair {pid} ends without a serving ACT although a spare has room"
+                    ));
                 }
             }
         }
@@ -503,7 +670,9 @@ impl<'s> World<'s> {
 }
 
 fn random_faults(sc: &Scenario, seed: u64) -> Vec<FaultPlan> {
-    let Some(r) = &sc.random else { return Vec::new() };
+    let Some(r) = &sc.random else {
+        return Vec::new();
+    };
     let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
     (0..r.count)
         .map(|_| {
@@ -511,14 +680,24 @@ fn random_faults(sc: &Scenario, seed: u64) -> Vec<FaultPlan> {
             let kind = r.kinds[rng.random_range(0..r.kinds.len())];
             let pair = sc.pairs[rng.random_range(0..sc.pairs.len())].id.clone();
             let target = if kind == FaultKind::HostDown {
-                Target::Host(sc.hosts[rng.random_range(0..sc.hosts.len())].spec.id.clone())
+                Target::Host(
+                    sc.hosts[rng.random_range(0..sc.hosts.len())]
+                        .spec
+                        .id
+                        .clone(),
+                )
             } else if rng.random_bool(0.5) {
                 Target::Act(pair)
             } else {
                 Target::Sby(pair)
             };
             let repair_after = (kind == FaultKind::HostDown).then_some(r.repair_ms);
-            FaultPlan { at, target, kind, repair_after }
+            FaultPlan {
+                at,
+                target,
+                kind,
+                repair_after,
+            }
         })
         .collect()
 }
