@@ -94,7 +94,9 @@ impl fmt::Display for Phase {
 
 /// A phase name that is not on the ladder.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown phase {given:?}: expected one of PH0.5, PH1.0, PH2.0, PH2.5, PH3.0, PH3.5, auto-heal")]
+#[error(
+    "unknown phase {given:?}: expected one of PH0.5, PH1.0, PH2.0, PH2.5, PH3.0, PH3.5, auto-heal"
+)]
 pub struct PhaseParseError {
     /// What was given.
     pub given: String,
@@ -107,7 +109,9 @@ impl FromStr for Phase {
         Phase::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| PhaseParseError { given: s.to_owned() })
+            .ok_or_else(|| PhaseParseError {
+                given: s.to_owned(),
+            })
     }
 }
 

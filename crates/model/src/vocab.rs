@@ -104,7 +104,9 @@ impl fmt::Display for FaultKind {
 }
 
 /// How the engine answers a fault of the ACT that needs an OS restart or more.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// The conventional ladder only: PH0.5 → … → auto-heal, the ACT keeps its role throughout.
@@ -119,7 +121,11 @@ pub enum Policy {
 
 impl Policy {
     /// Every policy, in the order reports list them.
-    pub const ALL: [Policy; 3] = [Policy::Escalation, Policy::DuplexRestart, Policy::HotTakeover];
+    pub const ALL: [Policy; 3] = [
+        Policy::Escalation,
+        Policy::DuplexRestart,
+        Policy::HotTakeover,
+    ];
 
     /// The name used in configs and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -155,11 +161,14 @@ fn parse_word<T: Copy>(
     all: &[T],
     name: fn(T) -> &'static str,
 ) -> Result<T, VocabParseError> {
-    all.iter().copied().find(|v| name(*v) == given).ok_or_else(|| VocabParseError {
-        what,
-        given: given.to_owned(),
-        expected: all.iter().map(|v| name(*v)).collect::<Vec<_>>().join(", "),
-    })
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == given)
+        .ok_or_else(|| VocabParseError {
+            what,
+            given: given.to_owned(),
+            expected: all.iter().map(|v| name(*v)).collect::<Vec<_>>().join(", "),
+        })
 }
 
 impl FromStr for Policy {
@@ -186,13 +195,19 @@ mod tests {
     fn words_round_trip_and_unknown_words_list_the_choices() {
         for k in FaultKind::ALL {
             assert_eq!(k.as_str().parse::<FaultKind>(), Ok(k));
-            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.as_str()));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
         }
         for p in Policy::ALL {
             assert_eq!(p.as_str().parse::<Policy>(), Ok(p));
         }
         let err = "hot".parse::<Policy>().unwrap_err().to_string();
-        assert!(err.contains("\"hot\"") && err.contains("hot-takeover"), "{err}");
+        assert!(
+            err.contains("\"hot\"") && err.contains("hot-takeover"),
+            "{err}"
+        );
     }
 
     #[test]
