@@ -25,7 +25,7 @@ pub struct EngineConfig {
     /// How long a step of each phase may take before it counts as failed (`auto-heal` is the
     /// time a recreate on another host may take to boot).
     pub step_timeout_ms: BTreeMap<Phase, Millis>,
-    /// A spare on which a recreate failed takes no new unit for this long (0: no quarantine).
+    /// A spare on which a recreate failed takes no new unit for this long.
     pub quarantine_ms: Millis,
 }
 
@@ -71,6 +71,11 @@ pub enum EngineConfigError {
         "probation_ms = 0: give the window in milliseconds (> 0) in which a recurring fault escalates"
     )]
     ZeroProbation,
+    /// Without quarantine a broken spare would be retried at once, in a loop.
+    #[error(
+        "quarantine_ms = 0: a spare that failed a recreate must rest; give milliseconds > 0 (default 1800000)"
+    )]
+    ZeroQuarantine,
 }
 
 impl EngineConfig {
@@ -91,6 +96,9 @@ impl EngineConfig {
         }
         if self.probation_ms == 0 {
             return Err(EngineConfigError::ZeroProbation);
+        }
+        if self.quarantine_ms == 0 {
+            return Err(EngineConfigError::ZeroQuarantine);
         }
         Ok(())
     }

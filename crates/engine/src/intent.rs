@@ -6,10 +6,53 @@ use duplex_model::{HostId, PairId, Role, UnitId};
 use crate::error::EngineError;
 use crate::event::Intent;
 use crate::note::Note;
-use crate::state::{Health, Pair};
+use crate::state::{Health, Pair, State};
 use crate::step::Cx;
 
-pub(crate) fn apply(cx: &mut Cx<'_>, intent: Intent) -> Result<(), EngineError> {
+/// Whether an intent can be carried out now. Runs before the step touches anything, so a
+/// refusal leaves the state exactly as it was.
+pub(crate) fn check(st: &State, intent: &Intent) -> Result<(), EngineError> {
+    match intent {
+        Intent::Switchover { pair: pid } => {
+            let pair = st
+                .pairs
+                .get(pid)
+                .ok_or_else(|| EngineError::NoSuchPair { pair: pid.clone() })?;
+            if pair.duplex && pair.act_index().is_some() {
+                return Ok(());
+            }
+            Err(EngineError::InvalidTransition {
+                pair: pid.clone(),
+                from: describe(pair),
+                to: "switchover (needs a pair running duplex)".into(),
+            })
+        }
+        Intent::UnitMaintenance { unit, on } => {
+            let (pid, slot) = st
+                .locate(unit)
+                .ok_or_else(|| EngineError::NoSuchUnit { unit: unit.clone() })?;
+            let pair = &st.pairs[&pid];
+            let u = &pair.units[slot];
+            if *on && !u.maintenance && u.role == Role::Act && !pair.duplex {
+                return Err(EngineError::InvalidTransition {
+                    pair: pid.clone(),
+                    from: describe(pair),
+                    to: format!(
+                        "maintenance of ACT unit {unit} (its SBY must be serving to take over)"
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Intent::HostMaintenance { host, .. } => match st.hosts.contains_key(host) {
+            true => Ok(()),
+            false => Err(EngineError::NoSuchHost { host: host.clone() }),
+        },
+    }
+}
+
+/// Carries out an intent that passed [`check`].
+pub(crate) fn apply(cx: &mut Cx<'_>, intent: Intent) {
     match intent {
         Intent::Switchover { pair } => switchover(cx, &pair),
         Intent::UnitMaintenance { unit, on } => unit_maintenance(cx, &unit, on),
@@ -40,44 +83,24 @@ pub fn describe(pair: &Pair) -> String {
     "not duplex".into()
 }
 
-fn switchover(cx: &mut Cx<'_>, pid: &PairId) -> Result<(), EngineError> {
-    let pair = cx
-        .st
-        .pairs
-        .get(pid)
-        .ok_or_else(|| EngineError::NoSuchPair { pair: pid.clone() })?;
-    let Some(act) = pair.act_index().filter(|_| pair.duplex) else {
-        return Err(EngineError::InvalidTransition {
-            pair: pid.clone(),
-            from: describe(pair),
-            to: "switchover (needs a pair running duplex)".into(),
-        });
-    };
+fn switchover(cx: &mut Cx<'_>, pid: &PairId) {
+    let act = cx
+        .pair(pid)
+        .act_index()
+        .expect("checked: the pair runs duplex");
     cx.demote(pid, act);
-    Ok(())
 }
 
-fn unit_maintenance(cx: &mut Cx<'_>, unit: &UnitId, on: bool) -> Result<(), EngineError> {
-    let (pid, slot) = cx
-        .st
-        .locate(unit)
-        .ok_or_else(|| EngineError::NoSuchUnit { unit: unit.clone() })?;
-    let pair = cx.pair(&pid);
-    let u = &pair.units[slot];
+fn unit_maintenance(cx: &mut Cx<'_>, unit: &UnitId, on: bool) {
+    let (pid, slot) = cx.st.locate(unit).expect("checked: the unit exists");
+    let u = cx.unit(&pid, slot);
     if u.maintenance == on {
-        return Ok(());
-    }
-    if on && u.role == Role::Act && !pair.duplex {
-        return Err(EngineError::InvalidTransition {
-            pair: pid.clone(),
-            from: describe(pair),
-            to: format!("maintenance of ACT unit {unit} (its SBY must be serving to take over)"),
-        });
+        return;
     }
     match (on, u.role) {
         (true, Role::Act) => cx.demote(&pid, slot),
         (true, Role::Sby | Role::None) => cx.revoke(&pid, slot),
-        (false, _) => {}
+        (false, _) => cx.capacity_freed = true,
     }
     let u = cx.unit_mut(&pid, slot);
     u.maintenance = on;
@@ -88,23 +111,17 @@ fn unit_maintenance(cx: &mut Cx<'_>, unit: &UnitId, on: bool) -> Result<(), Engi
         target: format!("unit {unit}"),
         on,
     });
-    Ok(())
 }
 
-fn host_maintenance(cx: &mut Cx<'_>, host: &HostId, on: bool) -> Result<(), EngineError> {
-    let h = cx
-        .st
-        .hosts
-        .get(host)
-        .ok_or_else(|| EngineError::NoSuchHost { host: host.clone() })?;
-    if h.maintenance == on {
-        return Ok(());
+fn host_maintenance(cx: &mut Cx<'_>, host: &HostId, on: bool) {
+    if cx.st.hosts[host].maintenance == on {
+        return;
     }
     cx.touch_host(host);
     cx.st
         .hosts
         .get_mut(host)
-        .expect("checked above")
+        .expect("checked: the host exists")
         .maintenance = on;
     cx.note(Note::Maintenance {
         target: format!("host {host}"),
@@ -112,21 +129,21 @@ fn host_maintenance(cx: &mut Cx<'_>, host: &HostId, on: bool) -> Result<(), Engi
     });
     if !on {
         cx.capacity_freed = true;
-        return Ok(());
+        return;
     }
     // Drain: ACTs of pairs running duplex switch over; others stay (moving them would leave
-    // the pair without service) and are listed in the note's history by their pair state.
+    // the pair without service), which is noted.
     for unit in cx.st.placed_on(host) {
         let (pid, slot) = cx.st.locate(&unit).expect("placed units are indexed");
         let pair = cx.pair(&pid);
         if pair.duplex && pair.units[slot].role == Role::Act {
             cx.demote(&pid, slot);
         } else if pair.units[slot].role == Role::Act {
-            cx.ignore(format!(
+            let why = format!(
                 "host {host} drain: ACT {unit} stays, pair {pid} is {}",
                 describe(pair)
-            ));
+            );
+            cx.ignore(why);
         }
     }
-    Ok(())
 }

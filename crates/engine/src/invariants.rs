@@ -90,7 +90,7 @@ pub fn check(st: &State) -> Vec<Violation> {
                     bad(p, format!("{} on unknown host {h}", u.id))
                 }
                 Some(_) => {}
-                None => {
+                None if !u.maintenance => {
                     if let Some(spare) = st.pick_spare(&u.id, &[]) {
                         bad(
                             p,
@@ -98,6 +98,7 @@ pub fn check(st: &State) -> Vec<Violation> {
                         );
                     }
                 }
+                None => {}
             }
         }
         if pair.duplex && pair.serving_act().is_none() {

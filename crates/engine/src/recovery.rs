@@ -55,8 +55,7 @@ pub(crate) fn on_fault(cx: &mut Cx<'_>, unit: &UnitId, kind: FaultKind) {
             // A wider fault than the running step can fix: that step has failed.
             let target = fault_phase.max(next_or_top(cx, step.phase));
             cx.note(note(Decision::Ladder(target)));
-            abort(cx, &pid, slot, &step);
-            escalate(cx, &pid, slot, target);
+            overtaken(cx, &pid, slot, step, target);
         }
         Health::Up => decide(cx, &pid, slot, kind, fault_phase),
     }
@@ -116,7 +115,7 @@ fn duplex_restart(cx: &mut Cx<'_>, pid: &PairId, slot: usize, phase: Phase) {
         start_step(cx, pid, slot, phase, Action::RebootOs(from), Vec::new());
     }
     // S7, SBY side: reboot in place. An SBY already recovering is in the race as it is.
-    if cx.unit(pid, other).health == Health::Up {
+    if cx.unit(pid, other).serviceable() {
         record(cx, pid, other, phase);
         start_step(cx, pid, other, phase, Action::RebootOs(from), Vec::new());
     }
@@ -262,17 +261,14 @@ fn lose(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
 /// A spare that failed to bring a unit up takes none for a while, so a broken spare is not
 /// tried again and again.
 fn quarantine(cx: &mut Cx<'_>, host: &HostId) {
-    let ms = cx.st.config.quarantine_ms;
-    if ms == 0 {
-        return;
-    }
-    let until = cx.now + ms;
+    let until = cx.now + cx.st.config.quarantine_ms;
     cx.touch_host(host);
     cx.st
         .hosts
         .get_mut(host)
         .expect("steps run on known hosts")
         .quarantined_until = Some(until);
+    cx.st.index.quarantined.insert(host.clone());
     cx.note(Note::HostQuarantined {
         host: host.clone(),
         until,
@@ -287,15 +283,21 @@ fn quarantine(cx: &mut Cx<'_>, host: &HostId) {
 
 /// Quarantines that ended by `now` are lifted; units waiting for a spare look again.
 pub(crate) fn lift_quarantines(cx: &mut Cx<'_>) {
+    if cx.st.index.quarantined.is_empty() {
+        return;
+    }
     let now = cx.now;
+    let hosts = &cx.st.hosts;
     let ended: Vec<HostId> = cx
         .st
-        .hosts
-        .values()
-        .filter(|h| h.quarantined_until.is_some_and(|t| t <= now))
-        .map(|h| h.id.clone())
+        .index
+        .quarantined
+        .iter()
+        .filter(|h| hosts[*h].quarantined_until.is_none_or(|t| t <= now))
+        .cloned()
         .collect();
     for host in ended {
+        cx.st.index.quarantined.remove(&host);
         cx.touch_host(&host);
         cx.st
             .hosts
@@ -383,17 +385,24 @@ fn start_step(
     });
 }
 
-/// Stops caring about a step that was overtaken; a half-built recreate is destroyed.
-fn abort(cx: &mut Cx<'_>, pid: &PairId, slot: usize, step: &Step) {
-    if matches!(step.action, Action::Recreate(_)) && cx.st.hosts[&step.host].up {
-        let unit = cx.unit(pid, slot).id.clone();
-        let epoch = cx.pair(pid).epoch;
-        cx.emit(Command::DestroyUnit {
-            pair: pid.clone(),
-            unit,
-            host: step.host.clone(),
-            epoch,
-        });
+/// A wider fault overtook the step in flight. An in-place step climbs to `target`. A unit
+/// being built on a spare is rebuilt there from the wider phase's generation (the `Recreate`
+/// replaces the half-built incarnation); at auto-heal it moves on to the next spare.
+fn overtaken(cx: &mut Cx<'_>, pid: &PairId, slot: usize, step: Step, target: Phase) {
+    let Action::Recreate(_) = step.action else {
+        return escalate(cx, pid, slot, target);
+    };
+    if let Some(from) = target.generation().filter(|_| target < Phase::AutoHeal) {
+        record(cx, pid, slot, target);
+        return start_step(cx, pid, slot, target, Action::Recreate(from), step.tried);
+    }
+    // Leaving the spare destroys the half-built incarnation.
+    record(cx, pid, slot, target);
+    let mut tried = step.tried;
+    tried.push(step.host);
+    if !recreate_on_spare(cx, pid, slot, target, Generation::Current, tried) {
+        note_no_spare(cx, pid, slot);
+        lose(cx, pid, slot);
     }
 }
 
@@ -509,6 +518,10 @@ pub(crate) fn retry_waiting(cx: &mut Cx<'_>) {
     let waiting: Vec<UnitId> = cx.st.waiting().cloned().collect();
     for unit in waiting {
         let (pid, slot) = cx.st.locate(&unit).expect("waiting units are indexed");
+        // A unit in maintenance comes back when its maintenance ends.
+        if cx.unit(&pid, slot).maintenance {
+            continue;
+        }
         if recreate_on_spare(
             cx,
             &pid,

@@ -288,6 +288,8 @@ pub(crate) struct Index {
     pub waiting: BTreeSet<UnitId>,
     /// Spare hosts.
     pub spares: BTreeSet<HostId>,
+    /// Hosts under quarantine (checked on every step, so kept apart from the host map).
+    pub quarantined: BTreeSet<HostId>,
 }
 
 impl State {
@@ -384,6 +386,9 @@ impl State {
             if h.spare {
                 index.spares.insert(hid.clone());
             }
+            if h.quarantined_until.is_some() {
+                index.quarantined.insert(hid.clone());
+            }
         }
         for (pid, pair) in &self.pairs {
             for (slot, unit) in pair.units.iter().enumerate() {
@@ -477,7 +482,7 @@ impl State {
                 let host = &self.hosts[*h];
                 host.usable(self.now) && self.load(h) < host.capacity as usize
             })
-            .min_by_key(|h| (self.load(h), (*h).clone()))
+            .min_by_key(|h| (self.load(h), *h))
             .cloned()
     }
 }

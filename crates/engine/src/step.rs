@@ -13,6 +13,15 @@ use crate::{hosts, intent, recovery, roles};
 ///
 /// Pure: the same state, event and `now` always give the same result.
 pub fn step(state: &mut State, event: Event, now: Millis) -> Ready {
+    if let Event::Intent(intent) = &event {
+        if let Err(e) = intent::check(state, intent) {
+            // All or nothing: a refused intent changes nothing, not even the engine's clock.
+            return Ready {
+                rejected: Some(e),
+                ..Ready::default()
+            };
+        }
+    }
     state.now = state.now.max(now);
     let mut cx = Cx {
         st: state,
@@ -32,13 +41,7 @@ pub fn step(state: &mut State, event: Event, now: Millis) -> Ready {
         Event::HostUp { host } => hosts::on_host_up(&mut cx, &host),
         Event::HostFenced { host } => hosts::on_host_fenced(&mut cx, &host),
         Event::TimerFired { timer } => on_timer(&mut cx, &timer),
-        Event::Intent(intent) => {
-            if let Err(e) = intent::apply(&mut cx, intent) {
-                // An intent is all or nothing; the checks run before any change.
-                debug_assert!(cx.ready.commands.is_empty());
-                cx.ready.rejected = Some(e);
-            }
-        }
+        Event::Intent(intent) => intent::apply(&mut cx, intent),
     }
     cx.finish()
 }
@@ -173,12 +176,10 @@ impl Cx<'_> {
 
     /// Settles roles of every pair touched, then hands back the result.
     fn finish(mut self) -> Ready {
-        if self.ready.rejected.is_none() {
-            recovery::retry_waiting(&mut self);
-            let touched: Vec<PairId> = self.ready.persist.pairs.iter().cloned().collect();
-            for pair in touched {
-                roles::settle(&mut self, &pair);
-            }
+        recovery::retry_waiting(&mut self);
+        let touched: Vec<PairId> = self.ready.persist.pairs.iter().cloned().collect();
+        for pair in touched {
+            roles::settle(&mut self, &pair);
         }
         self.ready
     }

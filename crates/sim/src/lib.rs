@@ -42,15 +42,5 @@ pub fn run(sc: &Scenario, opts: RunOptions) -> Result<Report, EngineError> {
     let seed = sc.random.as_ref().map(|r| opts.seed.unwrap_or(r.seed));
     let mut world = world::World::new(sc, state, seed, !opts.skip_checks);
     world.run();
-    Ok(Report::build(
-        &sc.name,
-        policy,
-        seed,
-        &world.state,
-        world.faults,
-        world.violations,
-        world.refused_stale,
-        world.now,
-        world.log,
-    ))
+    Ok(Report::build(&sc.name, policy, seed, world))
 }

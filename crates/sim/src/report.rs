@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use duplex_engine::{Command, Decision, Event, Health, Note, State};
+use duplex_engine::{Command, Decision, Event, Health, Note};
 use duplex_model::{FaultKind, Millis, Phase, Policy, Role};
 use serde::Serialize;
 
@@ -148,13 +148,18 @@ impl Report {
         scenario: &str,
         policy: Policy,
         seed: Option<u64>,
-        state: &State,
-        faults: Vec<FaultRecord>,
-        violations: Vec<String>,
-        refused_stale: u64,
-        end_ms: Millis,
-        events: Vec<Entry>,
+        world: crate::world::World<'_>,
     ) -> Report {
+        let crate::world::World {
+            state,
+            faults,
+            violations,
+            refused_stale,
+            now: end_ms,
+            log: events,
+            ..
+        } = world;
+        let state = &state;
         let interrupted = || faults.iter().filter(|f| f.interrupted);
         let all_restored = interrupted().all(|f| f.restored_at_ms.is_some());
         let mttr_ms = if all_restored {

@@ -180,8 +180,8 @@ impl<'s> World<'s> {
     }
 
     fn violation(&mut self, what: String) {
-        self.record(What::Violation { what: what.clone() });
         self.violations.push(format!("t={}ms: {what}", self.now));
+        self.record(What::Violation { what });
     }
 
     /// Runs until nothing is left to happen or the scenario's end.
@@ -209,7 +209,7 @@ impl<'s> World<'s> {
             Happening::Fault(i) => self.strike(i),
             Happening::Deliver(ev) => self.feed(ev),
             Happening::Arrive(cmd) => self.arrive(cmd),
-            Happening::StepDone { unit, host, op, ok } => self.step_done(unit, host, op, ok),
+            Happening::StepDone { unit, host, op, ok } => self.step_done(unit, &host, op, ok),
             Happening::Destroyed { unit, host } => {
                 self.instances.remove(&(unit.clone(), host.clone()));
                 self.reassess_all();
@@ -554,8 +554,8 @@ impl<'s> World<'s> {
         }
     }
 
-    fn step_done(&mut self, unit: UnitId, host: HostId, op: u64, ok: bool) {
-        if !self.hosts[&host].up {
+    fn step_done(&mut self, unit: UnitId, host: &HostId, op: u64, ok: bool) {
+        if !self.hosts[host].up {
             return;
         }
         let Some(inst) = self.instances.get_mut(&(unit.clone(), host.clone())) else {
