@@ -379,6 +379,18 @@ impl State {
         Ok(())
     }
 
+    /// A state assembled from persisted parts (a store keeps config, hosts and pairs apart).
+    pub fn from_parts(
+        config: EngineConfig,
+        now: Millis,
+        hosts: BTreeMap<HostId, Host>,
+        pairs: BTreeMap<PairId, Pair>,
+    ) -> State {
+        let mut st = State { config, hosts, pairs, now, index: Index::default() };
+        st.reindex();
+        st
+    }
+
     /// Rebuilds the derived lookups; call after deserialising a persisted state.
     pub fn reindex(&mut self) {
         let mut index = Index::default();

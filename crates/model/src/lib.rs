@@ -7,8 +7,10 @@
 
 mod ids;
 mod phase;
+pub mod spec;
 mod vocab;
 
 pub use ids::{HostId, PairId, UnitId};
 pub use phase::{Generation, Phase, PhaseParseError};
+pub use spec::{Layer, ProcessSpec, UnitSpec};
 pub use vocab::{Epoch, FaultKind, Millis, Policy, Role, VocabParseError};

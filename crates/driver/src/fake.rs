@@ -1,0 +1,133 @@
+//! A driver that runs nothing: it records every call and answers as told. For agent tests.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use duplex_model::{Epoch, FaultKind, Role, UnitId};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{Driver, DriverError, Observation, UnitInstance};
+
+/// One call the fake driver received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FakeCall {
+    /// `start`.
+    Start(UnitId, Role, Epoch),
+    /// `reset_process`.
+    ResetProcess(UnitId, Option<String>),
+    /// `restart_application`.
+    RestartApplication(UnitId),
+    /// `restart_middleware`.
+    RestartMiddleware(UnitId),
+    /// `stop`.
+    Stop(UnitId),
+    /// `set_role`.
+    SetRole(UnitId, Role, Epoch),
+    /// `inject`.
+    Inject(UnitId, FaultKind),
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: Vec<FakeCall>,
+    running: BTreeSet<UnitId>,
+}
+
+/// Records calls; reports `Ready` right after every start and restart unless told to stay
+/// silent (a hung unit).
+#[derive(Clone, Debug)]
+pub struct FakeDriver {
+    inner: Arc<Mutex<Inner>>,
+    observations: UnboundedSender<Observation>,
+    silent: Arc<Mutex<bool>>,
+}
+
+impl FakeDriver {
+    /// A fake driver reporting on `observations`.
+    pub fn new(observations: UnboundedSender<Observation>) -> Self {
+        Self { inner: Arc::default(), observations, silent: Arc::default() }
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<FakeCall> {
+        self.inner.lock().expect("fake driver lock").calls.clone()
+    }
+
+    /// From now on, (re)started units never report `Ready`.
+    pub fn hang_starts(&self, hang: bool) {
+        *self.silent.lock().expect("fake driver lock") = hang;
+    }
+
+    /// Sends an observation as if the driver saw it.
+    pub fn observe(&self, observation: Observation) {
+        let _ = self.observations.send(observation);
+    }
+
+    fn record(&self, call: FakeCall) {
+        self.inner.lock().expect("fake driver lock").calls.push(call);
+    }
+
+    fn ready(&self, unit: &UnitId) {
+        if !*self.silent.lock().expect("fake driver lock") {
+            self.observe(Observation::Ready { unit: unit.clone() });
+        }
+    }
+
+    fn must_run(&self, unit: &UnitId) -> Result<(), DriverError> {
+        if self.inner.lock().expect("fake driver lock").running.contains(unit) {
+            Ok(())
+        } else {
+            Err(DriverError::NotRunning { unit: unit.clone() })
+        }
+    }
+}
+
+impl Driver for FakeDriver {
+    async fn start(&self, instance: UnitInstance) -> Result<(), DriverError> {
+        self.record(FakeCall::Start(instance.unit.clone(), instance.role, instance.epoch));
+        self.inner.lock().expect("fake driver lock").running.insert(instance.unit.clone());
+        self.ready(&instance.unit);
+        Ok(())
+    }
+
+    async fn reset_process(&self, unit: &UnitId, process: Option<&str>) -> Result<(), DriverError> {
+        self.record(FakeCall::ResetProcess(unit.clone(), process.map(str::to_owned)));
+        self.must_run(unit)?;
+        self.ready(unit);
+        Ok(())
+    }
+
+    async fn restart_application(&self, unit: &UnitId) -> Result<(), DriverError> {
+        self.record(FakeCall::RestartApplication(unit.clone()));
+        self.must_run(unit)?;
+        self.ready(unit);
+        Ok(())
+    }
+
+    async fn restart_middleware(&self, unit: &UnitId) -> Result<(), DriverError> {
+        self.record(FakeCall::RestartMiddleware(unit.clone()));
+        self.must_run(unit)?;
+        self.ready(unit);
+        Ok(())
+    }
+
+    async fn stop(&self, unit: &UnitId) -> Result<(), DriverError> {
+        self.record(FakeCall::Stop(unit.clone()));
+        self.inner.lock().expect("fake driver lock").running.remove(unit);
+        Ok(())
+    }
+
+    async fn set_role(&self, unit: &UnitId, role: Role, epoch: Epoch) -> Result<(), DriverError> {
+        self.record(FakeCall::SetRole(unit.clone(), role, epoch));
+        self.must_run(unit)
+    }
+
+    async fn inject(&self, unit: &UnitId, kind: FaultKind) -> Result<(), DriverError> {
+        self.record(FakeCall::Inject(unit.clone(), kind));
+        self.must_run(unit)
+    }
+
+    fn running(&self) -> Vec<UnitId> {
+        self.inner.lock().expect("fake driver lock").running.iter().cloned().collect()
+    }
+}

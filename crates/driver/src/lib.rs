@@ -1,0 +1,235 @@
+//! How an agent runs units on its host.
+//!
+//! A [`Driver`] starts a unit's processes (or VM), restarts its layers, stops it, injects test
+//! faults, tells it its role, and reports what it sees as [`Observation`]s on the channel it was
+//! built with. It decides nothing: the agent turns observations into facts for the controller,
+//! and the engine decides. Loading data from the init store is the agent's job, done before
+//! `start`.
+#![deny(missing_docs)]
+
+mod fake;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+
+use duplex_model::{Epoch, FaultKind, HostId, Layer, PairId, Role, UnitId, UnitSpec};
+use serde::{Deserialize, Serialize};
+
+pub use fake::{FakeCall, FakeDriver};
+
+/// Everything a driver needs to run one incarnation of a unit on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitInstance {
+    /// The pair.
+    pub pair: PairId,
+    /// The unit.
+    pub unit: UnitId,
+    /// This host.
+    pub host: HostId,
+    /// How it runs.
+    pub spec: UnitSpec,
+    /// Its user data, already restored from the init store.
+    pub data_dir: PathBuf,
+    /// Its private runtime directory (sockets, role file, logs); removed by `stop`.
+    pub runtime_dir: PathBuf,
+    /// The role it starts with.
+    pub role: Role,
+    /// The epoch of that role.
+    pub epoch: Epoch,
+}
+
+impl UnitInstance {
+    /// Template variables for commands: `unit`, `pair`, `host`, `data_dir`, `runtime_dir`, and
+    /// the spec's `vars`.
+    pub fn vars(&self) -> BTreeMap<String, String> {
+        let mut vars = self.spec.vars.clone();
+        vars.insert("unit".into(), self.unit.to_string());
+        vars.insert("pair".into(), self.pair.to_string());
+        vars.insert("host".into(), self.host.to_string());
+        vars.insert("data_dir".into(), self.data_dir.display().to_string());
+        vars.insert("runtime_dir".into(), self.runtime_dir.display().to_string());
+        vars
+    }
+}
+
+/// Replaces every `{key}` of `vars` in `text`; an unknown `{key}` is an error naming it.
+pub fn render(text: &str, vars: &BTreeMap<String, String>) -> Result<String, DriverError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            out.push_str(&rest[open..]);
+            return Ok(out);
+        };
+        let key = &rest[open + 1..open + close];
+        match vars.get(key) {
+            Some(v) => out.push_str(v),
+            None => {
+                return Err(DriverError::UnknownVariable {
+                    variable: key.to_owned(),
+                    text: text.to_owned(),
+                });
+            }
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// What a driver sees happen to a unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "observation", rename_all = "kebab-case")]
+pub enum Observation {
+    /// The unit is up: its first watchdog pet after a (re)start, or, without a watchdog, every
+    /// process ran for the ready grace period.
+    Ready {
+        /// The unit.
+        unit: UnitId,
+    },
+    /// A process of the unit exited (or was killed) without being asked to.
+    ProcessExited {
+        /// The unit.
+        unit: UnitId,
+        /// The process name.
+        process: String,
+        /// Its layer.
+        layer: Layer,
+        /// Exit status or signal, as text.
+        status: String,
+    },
+    /// The unit did not pet its watchdog in time.
+    WatchdogMissed {
+        /// The unit.
+        unit: UnitId,
+        /// How long since the last pet.
+        silent_ms: u64,
+    },
+    /// A start did not get the unit running (a process could not be spawned, …).
+    StartFailed {
+        /// The unit.
+        unit: UnitId,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Observation {
+    /// The unit observed.
+    pub fn unit(&self) -> &UnitId {
+        match self {
+            Observation::Ready { unit }
+            | Observation::ProcessExited { unit, .. }
+            | Observation::WatchdogMissed { unit, .. }
+            | Observation::StartFailed { unit, .. } => unit,
+        }
+    }
+}
+
+/// What went wrong in a driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The unit is not running on this host.
+    #[error("unit {unit} is not running on this host")]
+    NotRunning {
+        /// The unit.
+        unit: UnitId,
+    },
+    /// A process could not be spawned.
+    #[error("unit {unit}: cannot start process {process} ({program}): {source}")]
+    Spawn {
+        /// The unit.
+        unit: UnitId,
+        /// The process name.
+        process: String,
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command template names a variable that is not defined.
+    #[error("unknown variable {{{variable}}} in {text:?}: define it in the unit's vars")]
+    UnknownVariable {
+        /// The variable.
+        variable: String,
+        /// The template.
+        text: String,
+    },
+    /// A file operation of the driver failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spec cannot run (no application process, a process without a command, …).
+    #[error("unit {unit}: {reason}")]
+    BadSpec {
+        /// The unit.
+        unit: UnitId,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Runs units on one host. Every method is idempotent where it makes sense: stopping a unit that
+/// does not run succeeds; starting a unit that runs first stops it.
+pub trait Driver: Send + Sync + 'static {
+    /// Starts every process of the unit, middleware first. Returns once they are spawned;
+    /// readiness comes later as `Observation::Ready`.
+    fn start(&self, instance: UnitInstance) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// PH0.5: restarts one process (`None`: every process that is not running).
+    fn reset_process(
+        &self,
+        unit: &UnitId,
+        process: Option<&str>,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// PH1.0: restarts the application processes.
+    fn restart_application(&self, unit: &UnitId) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// PH2.0: restarts middleware and application.
+    fn restart_middleware(&self, unit: &UnitId) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Stops every process of the unit (TERM, then KILL after the spec's timeout) and removes
+    /// its runtime directory. Nothing of the unit survives. Succeeds if it does not run.
+    fn stop(&self, unit: &UnitId) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Tells the unit its role and epoch.
+    fn set_role(
+        &self,
+        unit: &UnitId,
+        role: Role,
+        epoch: Epoch,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Makes a fault of `kind` happen for real, for drills and tests: `process` kills one
+    /// application process, `app` all of them, `middleware` a middleware process, `watchdog`
+    /// freezes the unit (SIGSTOP) so its watchdog starves, `os-panic` kills everything at once.
+    fn inject(&self, unit: &UnitId, kind: FaultKind) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// The units running on this host.
+    fn running(&self) -> Vec<UnitId>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_replaces_known_variables_and_names_unknown_ones() {
+        let vars: BTreeMap<String, String> =
+            [("port".to_owned(), "7501".to_owned())].into_iter().collect();
+        assert_eq!(render("--port={port} {x", &vars).unwrap(), "--port=7501 {x");
+        let err = render("{nope}", &vars).unwrap_err().to_string();
+        assert!(err.contains("{nope}"), "{err}");
+    }
+}
