@@ -1,8 +1,11 @@
 //! The `duplex` binary: a thin shell over the crates. Subcommands map one-to-one onto library
 //! entry points; errors are reported with context and mapped to exit codes.
 
+mod client;
+mod run;
 mod sim;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,16 +20,139 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run the recovery engine over a scenario in virtual time (deterministic).
+    /// Run the controller and one agent per local host of CONFIG, with a live status.
+    Up {
+        /// The config file (TOML), e.g. examples/demo.toml.
+        config: PathBuf,
+        /// Stop after this many milliseconds (default: until ctrl-c).
+        #[arg(long)]
+        for_ms: Option<u64>,
+    },
+    /// Run the controller alone (agents connect to it).
+    Controller {
+        /// The config file (TOML).
+        config: PathBuf,
+    },
+    /// Run the agent of one host.
+    Agent(run::AgentArgs),
+    /// Show every pair and host.
+    Status {
+        #[command(flatten)]
+        target: client::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the event history, oldest first.
+    Events {
+        #[command(flatten)]
+        target: client::Target,
+        /// Only this pair.
+        #[arg(long)]
+        pair: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a fault happen for real on a unit of a pair (drills and demos).
+    Fault {
+        /// The pair.
+        pair: String,
+        /// `act`, `sby` or a unit name.
+        #[arg(long, default_value = "act")]
+        unit: String,
+        /// process, app, middleware, watchdog, os-panic, data-corrupt.
+        #[arg(long)]
+        kind: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Swap ACT and SBY of a pair running duplex.
+    Switchover {
+        /// The pair.
+        pair: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Demo switch: make a host's hardware "faulty" (nothing started there comes up), or not.
+    Faulty {
+        /// The host.
+        host: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Run the engine over a scenario in virtual time (deterministic).
     Sim(sim::SimArgs),
+    /// The sample stateful service shipped for demos (run by units, not by people).
+    #[command(hide = true)]
+    Sample {
+        /// Its arguments (see `duplex sample -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
-/// Exit codes: 0 success, 1 the run found a safety violation, 2 bad input.
+/// Exit codes: 0 success, 1 a safety violation (sim), 2 bad input or failure, 3 a pair is not
+/// duplex (status).
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Cmd::Sim(args) => sim::run(&args),
+    if let Cmd::Sample { args } = cli.command {
+        return duplex_sample::main_with_args(args);
+    }
+    if let Cmd::Sim(args) = &cli.command {
+        return report(sim::run(args));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(Err(e.into())),
     };
+    report(rt.block_on(async_main(cli.command)))
+}
+
+async fn async_main(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Up { config, for_ms } => run::up(&config, for_ms).await,
+        Cmd::Controller { config } => run::controller(&config).await,
+        Cmd::Agent(args) => run::agent(args).await,
+        Cmd::Status { target, json } => client::status(&target, json).await,
+        Cmd::Events {
+            target,
+            pair,
+            limit,
+            json,
+        } => client::events(&target, pair, limit, json).await,
+        Cmd::Fault {
+            pair,
+            unit,
+            kind,
+            target,
+        } => client::fault(&target, &pair, &unit, &kind).await,
+        Cmd::Switchover { pair, target } => client::switchover(&target, &pair).await,
+        Cmd::Faulty {
+            host,
+            state,
+            target,
+        } => client::faulty(&target, &host, state == "on").await,
+        Cmd::Sim(_) | Cmd::Sample { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {

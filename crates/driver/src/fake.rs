@@ -45,7 +45,11 @@ pub struct FakeDriver {
 impl FakeDriver {
     /// A fake driver reporting on `observations`.
     pub fn new(observations: UnboundedSender<Observation>) -> Self {
-        Self { inner: Arc::default(), observations, silent: Arc::default() }
+        Self {
+            inner: Arc::default(),
+            observations,
+            silent: Arc::default(),
+        }
     }
 
     /// Every call so far, in order.
@@ -64,7 +68,11 @@ impl FakeDriver {
     }
 
     fn record(&self, call: FakeCall) {
-        self.inner.lock().expect("fake driver lock").calls.push(call);
+        self.inner
+            .lock()
+            .expect("fake driver lock")
+            .calls
+            .push(call);
     }
 
     fn ready(&self, unit: &UnitId) {
@@ -74,7 +82,13 @@ impl FakeDriver {
     }
 
     fn must_run(&self, unit: &UnitId) -> Result<(), DriverError> {
-        if self.inner.lock().expect("fake driver lock").running.contains(unit) {
+        if self
+            .inner
+            .lock()
+            .expect("fake driver lock")
+            .running
+            .contains(unit)
+        {
             Ok(())
         } else {
             Err(DriverError::NotRunning { unit: unit.clone() })
@@ -84,14 +98,25 @@ impl FakeDriver {
 
 impl Driver for FakeDriver {
     async fn start(&self, instance: UnitInstance) -> Result<(), DriverError> {
-        self.record(FakeCall::Start(instance.unit.clone(), instance.role, instance.epoch));
-        self.inner.lock().expect("fake driver lock").running.insert(instance.unit.clone());
+        self.record(FakeCall::Start(
+            instance.unit.clone(),
+            instance.role,
+            instance.epoch,
+        ));
+        self.inner
+            .lock()
+            .expect("fake driver lock")
+            .running
+            .insert(instance.unit.clone());
         self.ready(&instance.unit);
         Ok(())
     }
 
     async fn reset_process(&self, unit: &UnitId, process: Option<&str>) -> Result<(), DriverError> {
-        self.record(FakeCall::ResetProcess(unit.clone(), process.map(str::to_owned)));
+        self.record(FakeCall::ResetProcess(
+            unit.clone(),
+            process.map(str::to_owned),
+        ));
         self.must_run(unit)?;
         self.ready(unit);
         Ok(())
@@ -113,7 +138,11 @@ impl Driver for FakeDriver {
 
     async fn stop(&self, unit: &UnitId) -> Result<(), DriverError> {
         self.record(FakeCall::Stop(unit.clone()));
-        self.inner.lock().expect("fake driver lock").running.remove(unit);
+        self.inner
+            .lock()
+            .expect("fake driver lock")
+            .running
+            .remove(unit);
         Ok(())
     }
 
@@ -128,6 +157,12 @@ impl Driver for FakeDriver {
     }
 
     fn running(&self) -> Vec<UnitId> {
-        self.inner.lock().expect("fake driver lock").running.iter().cloned().collect()
+        self.inner
+            .lock()
+            .expect("fake driver lock")
+            .running
+            .iter()
+            .cloned()
+            .collect()
     }
 }

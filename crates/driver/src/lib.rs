@@ -40,10 +40,14 @@ pub struct UnitInstance {
 }
 
 impl UnitInstance {
-    /// Template variables for commands: `unit`, `pair`, `host`, `data_dir`, `runtime_dir`, and
-    /// the spec's `vars`.
+    /// Template variables for commands: `unit`, `pair`, `host`, `data_dir`, `runtime_dir`,
+    /// `duplex` (the path of the running duplex binary, so a config can run the shipped sample
+    /// service as `{duplex} sample`), and the spec's `vars`.
     pub fn vars(&self) -> BTreeMap<String, String> {
         let mut vars = self.spec.vars.clone();
+        if let Ok(exe) = std::env::current_exe() {
+            vars.insert("duplex".into(), exe.display().to_string());
+        }
         vars.insert("unit".into(), self.unit.to_string());
         vars.insert("pair".into(), self.pair.to_string());
         vars.insert("host".into(), self.host.to_string());
@@ -184,7 +188,8 @@ pub enum DriverError {
 pub trait Driver: Send + Sync + 'static {
     /// Starts every process of the unit, middleware first. Returns once they are spawned;
     /// readiness comes later as `Observation::Ready`.
-    fn start(&self, instance: UnitInstance) -> impl Future<Output = Result<(), DriverError>> + Send;
+    fn start(&self, instance: UnitInstance)
+    -> impl Future<Output = Result<(), DriverError>> + Send;
 
     /// PH0.5: restarts one process (`None`: every process that is not running).
     fn reset_process(
@@ -194,10 +199,16 @@ pub trait Driver: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
     /// PH1.0: restarts the application processes.
-    fn restart_application(&self, unit: &UnitId) -> impl Future<Output = Result<(), DriverError>> + Send;
+    fn restart_application(
+        &self,
+        unit: &UnitId,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
     /// PH2.0: restarts middleware and application.
-    fn restart_middleware(&self, unit: &UnitId) -> impl Future<Output = Result<(), DriverError>> + Send;
+    fn restart_middleware(
+        &self,
+        unit: &UnitId,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
     /// Stops every process of the unit (TERM, then KILL after the spec's timeout) and removes
     /// its runtime directory. Nothing of the unit survives. Succeeds if it does not run.
@@ -214,7 +225,11 @@ pub trait Driver: Send + Sync + 'static {
     /// Makes a fault of `kind` happen for real, for drills and tests: `process` kills one
     /// application process, `app` all of them, `middleware` a middleware process, `watchdog`
     /// freezes the unit (SIGSTOP) so its watchdog starves, `os-panic` kills everything at once.
-    fn inject(&self, unit: &UnitId, kind: FaultKind) -> impl Future<Output = Result<(), DriverError>> + Send;
+    fn inject(
+        &self,
+        unit: &UnitId,
+        kind: FaultKind,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
     /// The units running on this host.
     fn running(&self) -> Vec<UnitId>;
@@ -226,8 +241,9 @@ mod tests {
 
     #[test]
     fn render_replaces_known_variables_and_names_unknown_ones() {
-        let vars: BTreeMap<String, String> =
-            [("port".to_owned(), "7501".to_owned())].into_iter().collect();
+        let vars: BTreeMap<String, String> = [("port".to_owned(), "7501".to_owned())]
+            .into_iter()
+            .collect();
         assert_eq!(render("--port={port} {x", &vars).unwrap(), "--port=7501 {x");
         let err = render("{nope}", &vars).unwrap_err().to_string();
         assert!(err.contains("{nope}"), "{err}");

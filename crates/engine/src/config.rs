@@ -86,10 +86,10 @@ impl EngineConfig {
                 given: self.threshold,
             });
         }
-        if !self.ph35 {
-            if let Some((&kind, _)) = self.fault_phase.iter().find(|(_, p)| **p == Phase::Ph35) {
-                return Err(EngineConfigError::Ph35Disabled { kind });
-            }
+        if !self.ph35
+            && let Some((&kind, _)) = self.fault_phase.iter().find(|(_, p)| **p == Phase::Ph35)
+        {
+            return Err(EngineConfigError::Ph35Disabled { kind });
         }
         if let Some((&phase, _)) = self.step_timeout_ms.iter().find(|(_, t)| **t == 0) {
             return Err(EngineConfigError::ZeroTimeout { phase });

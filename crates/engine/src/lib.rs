@@ -8,6 +8,7 @@
 
 mod command;
 mod config;
+mod describe;
 mod error;
 mod event;
 mod hosts;
@@ -30,6 +31,6 @@ pub use ready::{Persist, Ready};
 pub use state::{
     Action, FenceState, Health, Host, HostSpec, Incarnation, Pair, PairSpec, State, Step, Unit,
 };
-pub use step::step;
+pub use step::{boot, step};
 
 pub use duplex_model as model;

@@ -327,6 +327,18 @@ fn note_no_spare(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
     });
 }
 
+/// The first start of a unit on its configured host (see `step::boot`).
+pub(crate) fn boot_unit(cx: &mut Cx<'_>, pid: &PairId, slot: usize) {
+    start_step(
+        cx,
+        pid,
+        slot,
+        Phase::AutoHeal,
+        Action::Recreate(Generation::Current),
+        Vec::new(),
+    );
+}
+
 /// Commands one recovery step and arms its deadline.
 fn start_step(
     cx: &mut Cx<'_>,

@@ -386,7 +386,13 @@ impl State {
         hosts: BTreeMap<HostId, Host>,
         pairs: BTreeMap<PairId, Pair>,
     ) -> State {
-        let mut st = State { config, hosts, pairs, now, index: Index::default() };
+        let mut st = State {
+            config,
+            hosts,
+            pairs,
+            now,
+            index: Index::default(),
+        };
         st.reindex();
         st
     }
@@ -458,9 +464,13 @@ impl State {
             return;
         };
         let u = &mut self.pairs.get_mut(&pid).expect("indexed pair").units[slot];
-        if let Some(old) = u.host.take() {
-            if let Some(set) = self.index.placed.get_mut(&old) {
-                set.remove(unit);
+        if let Some(old) = u.host.take()
+            && let Some(set) = self.index.placed.get_mut(&old)
+        {
+            set.remove(unit);
+            if set.is_empty() {
+                // Keep the index equal to what `reindex` builds.
+                self.index.placed.remove(&old);
             }
         }
         self.index.waiting.remove(unit);

@@ -13,14 +13,14 @@ use crate::{hosts, intent, recovery, roles};
 ///
 /// Pure: the same state, event and `now` always give the same result.
 pub fn step(state: &mut State, event: Event, now: Millis) -> Ready {
-    if let Event::Intent(intent) = &event {
-        if let Err(e) = intent::check(state, intent) {
-            // All or nothing: a refused intent changes nothing, not even the engine's clock.
-            return Ready {
-                rejected: Some(e),
-                ..Ready::default()
-            };
-        }
+    if let Event::Intent(intent) = &event
+        && let Err(e) = intent::check(state, intent)
+    {
+        // All or nothing: a refused intent changes nothing, not even the engine's clock.
+        return Ready {
+            rejected: Some(e),
+            ..Ready::default()
+        };
     }
     state.now = state.now.max(now);
     let mut cx = Cx {
@@ -42,6 +42,28 @@ pub fn step(state: &mut State, event: Event, now: Millis) -> Ready {
         Event::HostFenced { host } => hosts::on_host_fenced(&mut cx, &host),
         Event::TimerFired { timer } => on_timer(&mut cx, &timer),
         Event::Intent(intent) => intent::apply(&mut cx, intent),
+    }
+    cx.finish()
+}
+
+/// Starts every unit of a freshly built state on its configured host, from its init info:
+/// what a controller does the first time it runs. The roles are the configured ones; each unit
+/// is told its role once it is up (`roles::settle`). A unit that does not come up is handled
+/// like any failed recreate: it moves on to a spare.
+pub fn boot(state: &mut State, now: Millis) -> Ready {
+    state.now = state.now.max(now);
+    let mut cx = Cx {
+        st: state,
+        now,
+        ready: Ready::default(),
+        capacity_freed: false,
+    };
+    let pairs: Vec<PairId> = cx.st.pairs.keys().cloned().collect();
+    for pid in pairs {
+        recovery::set_duplex(&mut cx, &pid, false);
+        for slot in 0..2 {
+            recovery::boot_unit(&mut cx, &pid, slot);
+        }
     }
     cx.finish()
 }

@@ -7,8 +7,10 @@
 
 mod ids;
 mod phase;
+pub mod source;
 pub mod spec;
 mod vocab;
+pub mod wire;
 
 pub use ids::{HostId, PairId, UnitId};
 pub use phase::{Generation, Phase, PhaseParseError};

@@ -372,88 +372,31 @@ fn timeline_line(what: &What) -> Option<String> {
 }
 
 fn command_text(c: &Command) -> Option<String> {
-    Some(match c {
-        Command::ResetProcess(t) => format!("reset process of {} on {}", t.unit, t.host),
-        Command::RestartApplication(t) => {
-            format!("restart application of {} on {}", t.unit, t.host)
-        }
-        Command::RestartMiddleware(t) => format!("restart middleware of {} on {}", t.unit, t.host),
-        Command::RebootOs { target, from } => {
-            format!("reboot {} on {} from {from}", target.unit, target.host)
-        }
-        Command::Recreate { target, from } => {
-            format!("recreate {} on {} from {from}", target.unit, target.host)
-        }
-        Command::DestroyUnit { unit, host, .. } => format!("destroy {unit} on {host}"),
-        Command::StopDuplex { pair, .. } => format!("stop duplex of {pair}"),
-        Command::ResumeDuplex {
-            pair,
-            act,
-            sby,
-            epoch,
-        } => format!("resume duplex of {pair}: ACT {act}, SBY {sby}, epoch {epoch}"),
-        Command::GrantRole {
-            unit,
-            host,
-            role: Role::None,
-            epoch,
-            ..
-        } => format!("revoke the role of {unit} on {host}, epoch {epoch}"),
-        Command::GrantRole {
-            unit,
-            host,
-            role,
-            epoch,
-            ..
-        } => format!("grant {role} to {unit} on {host}, epoch {epoch}"),
-        Command::FenceHost { host } => format!("fence host {host}"),
-        Command::ArmTimer { .. } => return None,
-    })
+    match c {
+        Command::ArmTimer { .. } => None,
+        Command::ResetProcess(_)
+        | Command::RestartApplication(_)
+        | Command::RestartMiddleware(_)
+        | Command::RebootOs { .. }
+        | Command::Recreate { .. }
+        | Command::DestroyUnit { .. }
+        | Command::StopDuplex { .. }
+        | Command::ResumeDuplex { .. }
+        | Command::GrantRole { .. }
+        | Command::FenceHost { .. } => Some(c.to_string()),
+    }
 }
 
 fn note_text(n: &Note) -> Option<String> {
-    Some(match n {
-        Note::Fault {
-            unit,
-            kind,
-            role,
-            decision,
-            ..
-        } => {
-            let d = match decision {
-                Decision::Ladder(p) => format!("ladder at {p}"),
-                Decision::DuplexRestart(p) => {
-                    format!("duplex restart ({p}): first unit up becomes ACT")
-                }
-                Decision::HotTakeover(p) => format!("hot takeover ({p}): promote the SBY"),
-                Decision::HostLost => "host lost: heal elsewhere".into(),
-                Decision::Ignored(why) => format!("ignored: {why}"),
-            };
-            format!("{kind} of {unit} ({role}): {d}")
-        }
-        Note::StepFailed {
-            unit,
-            phase,
-            reason,
-            ..
-        } => format!("{phase} of {unit} failed: {reason}"),
-        Note::LadderReset { unit, .. } => format!("ladder of {unit} reset after a quiet probation"),
-        Note::PromotionWaitsForFence {
-            unit, waiting_for, ..
-        } => {
-            format!(
-                "{unit} waits to become ACT until {} is released/fenced",
-                waiting_for.join(", ")
-            )
-        }
-        Note::NoSpareLeft { unit, .. } => {
-            format!("no spare host left for {unit}; the other unit keeps serving")
-        }
-        Note::HostQuarantined { host, until } => format!(
-            "spare {host} failed a recreate: no new units there until {}",
-            secs(*until)
-        ),
-        Note::Ignored { what } => format!("ignored: {what}"),
+    match n {
+        Note::Fault { .. }
+        | Note::StepFailed { .. }
+        | Note::LadderReset { .. }
+        | Note::PromotionWaitsForFence { .. }
+        | Note::NoSpareLeft { .. }
+        | Note::HostQuarantined { .. }
+        | Note::Ignored { .. } => Some(n.to_string()),
+        // Commands and answers already tell these.
         Note::StepStarted { .. }
         | Note::StepSucceeded { .. }
         | Note::DuplexStopped { .. }
@@ -462,6 +405,6 @@ fn note_text(n: &Note) -> Option<String> {
         | Note::HostLost { .. }
         | Note::HostFenced { .. }
         | Note::HostReturned { .. }
-        | Note::Maintenance { .. } => return None,
-    })
+        | Note::Maintenance { .. } => None,
+    }
 }

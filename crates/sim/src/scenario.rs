@@ -239,7 +239,8 @@ impl Scenario {
         };
         let raw: RawScenario = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let field = key_on_line(text, span.start).unwrap_or_else(|| "(file)".into());
+            let place = duplex_model::source::locate(text, span.clone());
+            let field = place.key.unwrap_or_else(|| "(file)".into());
             at(span, &field, e.message().trim().to_owned())
         })?;
         raw.check(&at, path)
@@ -258,30 +259,15 @@ fn invalid(
     field: &str,
     message: String,
 ) -> ScenarioError {
-    let start = span.start.min(text.len());
-    let before = &text[..start];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    let line_text = text[line_start..].lines().next().unwrap_or("").to_owned();
+    let place = duplex_model::source::locate(text, span);
     ScenarioError::Invalid {
         path: path.to_owned(),
-        line,
-        column,
+        line: place.line,
+        column: place.column,
         field: field.to_owned(),
         message,
-        text: line_text,
+        text: place.text,
     }
-}
-
-/// The key written on the line holding `offset` (`capacity = "x"` gives `capacity`).
-fn key_on_line(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
-    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[start..].lines().next()?;
-    let (key, _) = line.split_once('=')?;
-    let key = key.trim().trim_matches('"');
-    (!key.is_empty()).then(|| key.to_owned())
 }
 
 #[derive(Deserialize)]

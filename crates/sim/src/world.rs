@@ -276,10 +276,10 @@ impl<'s> World<'s> {
             return;
         }
         let was_serving = self.serving[&pid];
-        if let Some(h) = &host {
-            if let Some(inst) = self.instances.get_mut(&(unit.clone(), h.clone())) {
-                inst.healthy = false;
-            }
+        if let Some(h) = &host
+            && let Some(inst) = self.instances.get_mut(&(unit.clone(), h.clone()))
+        {
+            inst.healthy = false;
         }
         self.record(What::Fault {
             unit: unit.to_string(),

@@ -1,0 +1,207 @@
+//! The operator commands (`status`, `events`, `fault`, `switchover`, `faulty`): thin clients of
+//! the controller's HTTP API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use duplex_controller::Config;
+use duplex_controller::view::StatusView;
+
+/// Where the controller is and how to authenticate.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The controller's URL (default: from --config, else $DUPLEX_CONTROLLER, else http://127.0.0.1:7400).
+    #[arg(long, global = true)]
+    controller: Option<String>,
+    /// The bearer token (default: from --config, else $DUPLEX_TOKEN).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// Take the controller's address and token from this config file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+/// A resolved client.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Target {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let cfg = self.config.as_deref().map(Config::load).transpose()?;
+        let base = self
+            .controller
+            .clone()
+            .or_else(|| {
+                cfg.as_ref()
+                    .map(|c| format!("http://{}", c.controller.listen))
+            })
+            .or_else(|| std::env::var("DUPLEX_CONTROLLER").ok())
+            .unwrap_or_else(|| "http://127.0.0.1:7400".into());
+        let token = match (&self.token, &cfg) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(c)) => c.token()?,
+            (None, None) => std::env::var("DUPLEX_TOKEN").ok(),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+}
+
+impl Client {
+    async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.with_context(|| format!("cannot reach the controller at {} (is `duplex up` or `duplex controller` running?)", self.base))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .context("the controller answered something that is not JSON")?;
+        if !status.is_success() {
+            let msg = body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no message");
+            bail!("controller refused ({status}): {msg}");
+        }
+        Ok(body)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.call(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.call(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    pub async fn status(&self) -> anyhow::Result<StatusView> {
+        Ok(serde_json::from_value(self.get("/v1/status").await?)?)
+    }
+}
+
+pub async fn status(target: &Target, json: bool) -> anyhow::Result<ExitCode> {
+    let view = target.client()?.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", view.table());
+    }
+    // Exit 3 when a pair is not duplex: scripts can check health with the exit code.
+    Ok(if view.pairs.iter().all(|p| p.duplex) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+pub async fn events(
+    target: &Target,
+    pair: Option<String>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/events?limit={limit}");
+    if let Some(p) = pair {
+        path.push_str(&format!("&pair={p}"));
+    }
+    let records = target.client()?.get(&path).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in records.as_array().into_iter().flatten() {
+        let at = r
+            .get("at_unix_ms")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let kind = r.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let msg = r.get("message").and_then(|k| k.as_str()).unwrap_or("");
+        println!("{}  {:<24} {msg}", clock(at), kind);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// HH:MM:SS.mmm (UTC) of a Unix millisecond time.
+pub fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
+pub async fn fault(
+    target: &Target,
+    pair: &str,
+    unit: &str,
+    kind: &str,
+) -> anyhow::Result<ExitCode> {
+    let kind: duplex_model::FaultKind = kind
+        .parse()
+        .map_err(|e: duplex_model::VocabParseError| anyhow::anyhow!(e))?;
+    let r = target
+        .client()?
+        .post(
+            &format!("/v1/pairs/{pair}/fault"),
+            serde_json::json!({ "unit": unit, "kind": kind }),
+        )
+        .await?;
+    println!(
+        "injected {kind} into {}",
+        r.get("unit").and_then(|u| u.as_str()).unwrap_or(unit)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn switchover(target: &Target, pair: &str) -> anyhow::Result<ExitCode> {
+    target
+        .client()?
+        .post(
+            &format!("/v1/pairs/{pair}/switchover"),
+            serde_json::json!({}),
+        )
+        .await?;
+    println!("switchover of {pair} requested");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn faulty(target: &Target, host: &str, on: bool) -> anyhow::Result<ExitCode> {
+    target
+        .client()?
+        .post(
+            &format!("/v1/hosts/{host}/faulty"),
+            serde_json::json!({ "on": on }),
+        )
+        .await?;
+    println!(
+        "host {host}: hardware fault {}",
+        if on {
+            "ON: units started there will not come up"
+        } else {
+            "off"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,228 @@
+//! `duplex controller`, `duplex agent` and `duplex up` (the controller plus one agent per local
+//! host, in one process, with a live status on the terminal).
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use duplex_agent::AgentConfig;
+use duplex_controller::{Config, Controller, Handle};
+use duplex_driver_process::ProcessDriver;
+use duplex_model::HostId;
+use duplex_store::{InitStore, RedbStore};
+use tokio::sync::watch;
+
+/// Starts the controller task and its HTTP server; returns the handle and the bound address.
+async fn start_controller(
+    cfg: &Config,
+) -> anyhow::Result<(
+    Handle,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
+    std::fs::create_dir_all(&cfg.controller.state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            cfg.controller.state_dir.display()
+        )
+    })?;
+    provision(cfg)?;
+    let store = RedbStore::open(cfg.state_file())
+        .map(|s| s.with_max_history(cfg.controller.max_history))
+        .with_context(|| {
+            format!(
+                "cannot open the controller's state {}",
+                cfg.state_file().display()
+            )
+        })?;
+    let token = cfg.token()?;
+    let (controller, handle) = Controller::new(cfg.clone(), Box::new(store), token)?;
+    let listener = tokio::net::TcpListener::bind(cfg.controller.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (controller.listen in {}): is another duplex running?",
+                cfg.controller.listen,
+                cfg.path.display()
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let app = duplex_controller::router(handle.clone(), cfg.controller.lease_ms);
+    let task = tokio::spawn(async move {
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let result = controller.run().await;
+        server.abort();
+        result.map_err(anyhow::Error::from)
+    });
+    Ok((handle, addr, task))
+}
+
+/// Every unit gets its REF data set (and current) in the init store on first start.
+fn provision(cfg: &Config) -> anyhow::Result<()> {
+    let path = cfg.init_store_path();
+    let store = InitStore::open(&path)
+        .with_context(|| format!("cannot open the init store {}", path.display()))?;
+    for p in &cfg.pairs {
+        for unit in [&p.spec.act, &p.spec.sby] {
+            store
+                .provision(unit, p.ref_data.as_deref(), None)
+                .with_context(|| {
+                    format!(
+                        "cannot provision unit {unit} in the init store {}",
+                        path.display()
+                    )
+                })?;
+        }
+    }
+    Ok(())
+}
+
+fn agent_config(
+    cfg: &Config,
+    host: &HostId,
+    controller: String,
+    token: Option<String>,
+) -> AgentConfig {
+    AgentConfig {
+        host: host.clone(),
+        controller,
+        token,
+        state_dir: cfg.controller.state_dir.join("hosts").join(host.as_str()),
+        init_store: cfg.init_store_path(),
+        sync_ms: cfg.init_store.sync_ms,
+        backup_ms: cfg.init_store.backup_ms,
+        backup_keep: cfg.init_store.backup_keep,
+    }
+}
+
+fn spawn_agent(
+    cfg: AgentConfig,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let driver = ProcessDriver::new(tx);
+        duplex_agent::run(cfg, driver, rx, stop)
+            .await
+            .map_err(anyhow::Error::from)
+    })
+}
+
+/// `duplex controller CONFIG`.
+pub async fn controller(config: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let (_handle, addr, task) = start_controller(&cfg).await?;
+    tracing::info!(%addr, "controller listening");
+    tokio::select! {
+        r = task => r??,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `duplex agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// This host's name, as in the controller's config.
+    #[arg(long)]
+    name: String,
+    /// The controller's URL.
+    #[arg(long)]
+    controller: String,
+    /// The bearer token (default: $DUPLEX_TOKEN).
+    #[arg(long, env = "DUPLEX_TOKEN")]
+    token: Option<String>,
+    /// Where this host keeps its units' data and runtime directories.
+    #[arg(long, default_value = ".duplex/agent")]
+    state_dir: PathBuf,
+    /// The init store's root (shared by every host).
+    #[arg(long)]
+    init_store: PathBuf,
+    /// How often an ACT's data is synced to the init store, in ms.
+    #[arg(long, default_value_t = 1000)]
+    sync_ms: u64,
+}
+
+/// `duplex agent --name H --controller URL`.
+pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let cfg = AgentConfig {
+        host: HostId::new(args.name),
+        controller: args.controller,
+        token: args.token,
+        state_dir: args.state_dir,
+        init_store: args.init_store,
+        sync_ms: args.sync_ms,
+        backup_ms: 24 * 3_600_000,
+        backup_keep: 3,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = spawn_agent(cfg, stop_rx);
+    tokio::signal::ctrl_c().await?;
+    let _ = stop_tx.send(true);
+    task.await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `duplex up CONFIG`.
+pub async fn up(config: &Path, for_ms: Option<u64>) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let (handle, addr, controller) = start_controller(&cfg).await?;
+    let base = format!("http://{addr}");
+    let token = cfg.token()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let agents: Vec<_> = cfg
+        .hosts
+        .iter()
+        .filter(|h| h.local)
+        .map(|h| {
+            spawn_agent(
+                agent_config(&cfg, &h.spec.id, base.clone(), token.clone()),
+                stop_rx.clone(),
+            )
+        })
+        .collect();
+    println!(
+        "duplex up: controller on {base}, {} local agent(s), state in {}",
+        agents.len(),
+        cfg.controller.state_dir.display()
+    );
+    println!(
+        "  in another terminal: duplex status --config {0} · duplex events --config {0} · duplex fault PAIR --unit act --kind watchdog --config {0}",
+        config.display()
+    );
+    let deadline = for_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let tty = std::io::stdout().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = String::new();
+    let outcome = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Ok(view) = handle.status().await {
+                    let table = view.table();
+                    if tty {
+                        print!("\x1b[2J\x1b[H{table}\n(ctrl-c stops every unit and exits)\n");
+                        let _ = std::io::stdout().flush();
+                    } else if table != last {
+                        println!("{table}");
+                    }
+                    last = table;
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    break Ok(());
+                }
+            }
+            r = tokio::signal::ctrl_c() => break r.map_err(anyhow::Error::from),
+        }
+    };
+    let _ = stop_tx.send(true);
+    for a in agents {
+        if let Err(e) = a.await? {
+            eprintln!("agent: {e:#}");
+        }
+    }
+    controller.abort();
+    outcome?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,100 @@
+//! End to end with real processes: `duplex up` on a temp config, the shipped sample service as
+//! the pair's units, faults injected for real, safety judged from the units' own view of their
+//! role and epoch. Every test stops `duplex up` and checks that no process of it survives.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Up, kv};
+
+/// Issue #3, seed's case: a watchdog fault on the ACT whose host is made faulty. Policy
+/// duplex-restart: the ACT is recreated on the spare, the SBY rebooted in place, the first up
+/// is ACT with a higher epoch, the other SBY; the data written before the fault is there.
+#[test]
+fn watchdog_on_a_faulty_host_takes_the_duplex_restart_and_keeps_the_data() {
+    let up = Up::start("duplex-restart", &[]);
+    up.wait_duplex(1);
+    let act = up.act_port();
+    assert_eq!(kv(act, "SET greeting hello"), "OK");
+    assert_eq!(kv(act, "INCR calls"), "1");
+    up.wait_synced("kv-2", "greeting");
+
+    up.cli(&["faulty", "host-a", "on"]);
+    up.cli(&["fault", "kv", "--unit", "act", "--kind", "watchdog"]);
+    let status = up.wait_duplex(3);
+
+    let units = &status["pairs"][0]["units"];
+    let hosts: Vec<&str> = units
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["host"].as_str().unwrap())
+        .collect();
+    assert!(
+        hosts.contains(&"spare-1") && hosts.contains(&"host-b"),
+        "ACT recreated on the spare, SBY on host-b: {hosts:?}"
+    );
+    let events = up.events();
+    assert!(events.contains("duplex restart (PH2.5)"), "{events}");
+    assert!(events.contains("recreate kv-1 on spare-1"), "{events}");
+    assert!(events.contains("reboot kv-2 on host-b"), "{events}");
+
+    let act = up.act_port();
+    assert_eq!(
+        kv(act, "GET greeting"),
+        "hello",
+        "user data survives the recovery"
+    );
+    assert_eq!(kv(act, "INCR calls"), "2");
+    up.assert_one_act();
+    up.stop();
+}
+
+/// Issue #3: a process crash is fixed at PH0.5 without touching the SBY.
+#[test]
+fn a_process_crash_is_fixed_at_ph05_and_the_sby_is_untouched() {
+    let up = Up::start("duplex-restart", &[]);
+    up.wait_duplex(1);
+    let sby_port = up.sby_port();
+    let sby_role_before = kv(sby_port, "ROLE");
+    up.cli(&["fault", "kv", "--unit", "act", "--kind", "process"]);
+    up.wait_event("PH0.5 reset-process of kv-1");
+    let status = up.wait_duplex(1);
+    assert_eq!(
+        status["pairs"][0]["epoch"], 1,
+        "no new epoch for a process reset"
+    );
+    assert_eq!(kv(sby_port, "ROLE"), sby_role_before);
+    let events = up.events();
+    assert!(!events.contains("reboot kv-2"), "{events}");
+    assert!(!events.contains("PH1.0"), "{events}");
+    up.assert_one_act();
+    up.stop();
+}
+
+/// Issue #3: an SBY fault leaves the ACT serving untouched.
+#[test]
+fn an_sby_fault_leaves_the_act_serving() {
+    let up = Up::start("duplex-restart", &[]);
+    up.wait_duplex(1);
+    let act = up.act_port();
+    up.cli(&["fault", "kv", "--unit", "sby", "--kind", "watchdog"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // While the SBY recovers, the ACT keeps answering writes.
+    let mut n = 0;
+    while !up.events().contains("reboot kv-2 on host-b") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SBY reboot: {}",
+            up.events()
+        );
+        n += 1;
+        assert_eq!(kv(act, "INCR n"), n.to_string());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = up.wait_duplex(1);
+    assert_eq!(status["pairs"][0]["epoch"], 1);
+    assert_eq!(kv(act, "ROLE"), "act 1");
+    up.stop();
+}

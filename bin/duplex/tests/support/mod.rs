@@ -1,0 +1,304 @@
+//! A `duplex up` under test: a temp config on free loopback ports, the binary as a child
+//! process, helpers that wait on conditions with deadlines, and a check that nothing of it
+//! survives.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use duplex_model::{Generation, UnitId};
+use duplex_store::InitStore;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_duplex");
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One request to the sample service: a line in, a line out.
+pub fn kv(port: u16, line: &str) -> String {
+    try_kv(port, line).unwrap_or_else(|e| panic!("sample on port {port}: {line}: {e}"))
+}
+
+pub fn try_kv(port: u16, line: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    writeln!(s, "{line}")?;
+    let mut out = String::new();
+    BufReader::new(s).read_line(&mut out)?;
+    Ok(out.trim().to_owned())
+}
+
+pub struct Up {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub ports: [(String, u16); 3],
+    child: Option<Child>,
+}
+
+impl Up {
+    /// Starts `duplex up` on three hosts (host-a, host-b, spare-1) and one pair `kv`.
+    pub fn start(policy: &str, extra: &[&str]) -> Up {
+        let dir = tempfile::Builder::new()
+            .prefix("duplex-up-")
+            .tempdir()
+            .unwrap();
+        let ports = [
+            ("host-a".to_owned(), free_port()),
+            ("host-b".to_owned(), free_port()),
+            ("spare-1".to_owned(), free_port()),
+        ];
+        let listen = free_port();
+        let mut text = format!(
+            r#"
+[controller]
+listen = "127.0.0.1:{listen}"
+token = "test-token"
+state_dir = "state"
+lease_ms = 2000
+fence_margin_ms = 1000
+poll_ms = 500
+
+[engine]
+policy = "{policy}"
+probation_ms = 60000
+step_timeout_ms = {{ "PH0.5" = 8000, "PH1.0" = 8000, "PH2.0" = 8000, "PH2.5" = 10000, "PH3.0" = 10000, "PH3.5" = 10000, "auto-heal" = 15000 }}
+
+[init_store]
+sync_ms = 200
+
+[units.kv]
+watchdog_ms = 1000
+application = [{{ name = "kv", command = ["{{duplex}}", "sample", "--listen", "127.0.0.1:{{port}}", "--data", "{{data_dir}}"] }}]
+"#
+        );
+        for (i, (host, port)) in ports.iter().enumerate() {
+            let spare = i == 2;
+            text.push_str(&format!(
+                "\n[[hosts]]\nname = \"{host}\"\nspare = {spare}\nvars = {{ port = \"{port}\" }}\n"
+            ));
+        }
+        text.push_str(
+            "\n[[pairs]]\nname = \"kv\"\nunit = \"kv\"\nact = \"host-a\"\nsby = \"host-b\"\n",
+        );
+        for line in extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let config = dir.path().join("duplex.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["up", config.to_str().unwrap()])
+            .env("RUST_LOG", "info,duplex=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Up {
+            dir,
+            config,
+            ports,
+            child: Some(child),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    /// Runs a CLI command against this controller; returns stdout, panics on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cli_raw(args);
+        assert!(
+            code == 0,
+            "duplex {args:?} failed ({code}): {err}\n--- up.log ---\n{}",
+            self.log()
+        );
+        out
+    }
+
+    pub fn cli_raw(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let (code, out, _) = self.cli_raw(&["status", "--json"]);
+        if code == 0 || code == 3 {
+            serde_json::from_str(&out).ok()
+        } else {
+            None
+        }
+    }
+
+    pub fn events(&self) -> String {
+        self.cli_raw(&["events", "--limit", "5000"]).1
+    }
+
+    /// Waits until `cond` holds, polling every 100 ms, or fails with `what` and the log.
+    pub fn wait_for<T>(&self, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(v) = cond() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}\n--- events ---\n{}\n--- up.log ---\n{}",
+                    self.events(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the pair runs duplex at an epoch of at least `epoch`; returns the status.
+    pub fn wait_duplex(&self, epoch: u64) -> serde_json::Value {
+        self.wait_for(&format!("pair kv duplex at epoch >= {epoch}"), || {
+            let s = self.status()?;
+            let p = &s["pairs"][0];
+            (p["duplex"] == true && p["epoch"].as_u64()? >= epoch).then_some(s)
+        })
+    }
+
+    pub fn wait_event(&self, text: &str) {
+        self.wait_for(&format!("event {text:?}"), || {
+            self.events().contains(text).then_some(())
+        });
+    }
+
+    fn port_of_role(&self, role: &str) -> u16 {
+        let s = self.status().expect("status");
+        let unit = s["pairs"][0]["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["role"] == role)
+            .unwrap_or_else(|| panic!("no {role} in {s}"))
+            .clone();
+        let host = unit["host"].as_str().unwrap();
+        self.ports.iter().find(|(h, _)| h == host).unwrap().1
+    }
+
+    pub fn act_port(&self) -> u16 {
+        self.port_of_role("act")
+    }
+
+    pub fn sby_port(&self) -> u16 {
+        self.port_of_role("sby")
+    }
+
+    /// Waits until the init store's copy of `unit` holds `key` (the ACT → SBY sync).
+    pub fn wait_synced(&self, unit: &str, key: &str) {
+        let store = InitStore::open(self.dir.path().join("state/init")).unwrap();
+        let into = self.dir.path().join("probe");
+        self.wait_for(&format!("{key} synced to {unit}'s copy"), || {
+            store
+                .restore(&UnitId::new(unit), Generation::Current, &into)
+                .ok()?;
+            std::fs::read_to_string(into.join("kv.json"))
+                .ok()?
+                .contains(key)
+                .then_some(())
+        });
+    }
+
+    /// From the units' own view: among the sample services that answer, exactly one says it
+    /// is ACT, and no other claims ACT at any epoch.
+    pub fn assert_one_act(&self) {
+        let roles: Vec<(u16, String)> = self
+            .ports
+            .iter()
+            .filter_map(|(_, p)| try_kv(*p, "ROLE").ok().map(|r| (*p, r)))
+            .collect();
+        let acts: Vec<_> = roles.iter().filter(|(_, r)| r.starts_with("act")).collect();
+        assert_eq!(acts.len(), 1, "units' own view of their roles: {roles:?}");
+    }
+
+    /// Stops `duplex up` as a user would (ctrl-c) and checks nothing of it survives.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "duplex up exited with {status}\n{}",
+                    self.log()
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "duplex up did not stop within 30 s of ctrl-c\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left = survivors(self.dir.path());
+        assert!(left.is_empty(), "processes left behind: {left:?}");
+    }
+}
+
+/// Processes whose command line mentions `dir`.
+pub fn survivors(dir: &Path) -> Vec<String> {
+    let needle = dir.to_str().unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(format!("{pid}: {cmd}"));
+            }
+        }
+    }
+    found
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A failed test must not leave units running: kill whatever mentions our directory.
+        for line in survivors(self.dir.path()) {
+            if let Some(pid) = line.split(':').next() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The duplex host agent.
+//!
+//! One per host. It long-polls the controller for commands (each poll renews its lease),
+//! executes them through a [`Driver`] in order, turns the driver's observations into reports,
+//! keeps the ACT's user data synced into the init store, and stops its ACT units by itself
+//! when it cannot renew its lease in time (self-fencing), before the controller may heal them
+//! elsewhere. It decides nothing about recovery: see `docs/agent-protocol.md`.
+#![deny(missing_docs)]
+
+mod exec;
+mod link;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_driver::{Driver, Observation};
+use duplex_model::wire::{AgentReport, UnitRef};
+use duplex_model::{Epoch, FaultKind, HostId, Layer, Millis, PairId, Role, UnitId};
+use duplex_store::InitStore;
+use tokio::sync::{Mutex, mpsc, watch};
+
+pub use link::{Link, LinkError};
+
+/// How an agent runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// This host's name, as in the controller's config.
+    pub host: HostId,
+    /// The controller's base URL, e.g. `http://127.0.0.1:7400`.
+    pub controller: String,
+    /// The shared bearer token.
+    pub token: Option<String>,
+    /// Where units' data and runtime directories live on this host.
+    pub state_dir: PathBuf,
+    /// The init store's root (shared by every host).
+    pub init_store: PathBuf,
+    /// How often an ACT's data is saved to the init store and synced to its SBY's copy.
+    pub sync_ms: Millis,
+    /// How often a LAF backup of an ACT's data is taken.
+    pub backup_ms: Millis,
+    /// How many LAF backups are kept.
+    pub backup_keep: usize,
+}
+
+/// What the agent knows of a unit it runs.
+#[derive(Clone, Debug)]
+pub(crate) struct Local {
+    pub unit: UnitRef,
+    pub role: Role,
+    pub epoch: Epoch,
+    /// The step waiting for the unit to come up.
+    pub pending: Option<u64>,
+    /// Whether it is believed healthy (a reported fault clears it until the next step).
+    pub healthy: bool,
+    /// The last process seen exiting (what PH0.5 resets).
+    pub last_exited: Option<String>,
+}
+
+/// State shared by the agent's tasks.
+pub(crate) struct Shared<D> {
+    pub cfg: AgentConfig,
+    pub driver: D,
+    pub store: InitStore,
+    pub units: Mutex<BTreeMap<UnitId, Local>>,
+    pub epochs: Mutex<BTreeMap<PairId, Epoch>>,
+    pub faulty: Mutex<bool>,
+    pub reports: mpsc::UnboundedSender<AgentReport>,
+    /// Milliseconds (agent clock) of the last sync the controller answered, measured from
+    /// when it was sent.
+    pub last_renewed: Mutex<Option<tokio::time::Instant>>,
+    pub lease: Mutex<Duration>,
+}
+
+impl<D: Driver> Shared<D> {
+    pub fn report(&self, report: AgentReport) {
+        let _ = self.reports.send(report);
+    }
+
+    pub fn data_dir(&self, unit: &UnitId) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("units")
+            .join(unit.as_str())
+            .join("data")
+    }
+
+    pub fn runtime_dir(&self, unit: &UnitId) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("units")
+            .join(unit.as_str())
+            .join("run")
+    }
+}
+
+/// Errors that stop the agent before it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The init store could not be opened.
+    #[error("host {host}: cannot open the init store at {path}: {source}")]
+    InitStore {
+        /// This host.
+        host: HostId,
+        /// Its root.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: duplex_store::InitStoreError,
+    },
+    /// The controller link could not be built.
+    #[error("host {host}: {source}")]
+    Link {
+        /// This host.
+        host: HostId,
+        /// Why.
+        #[source]
+        source: LinkError,
+    },
+}
+
+/// Runs an agent until `stop` turns true; then stops every unit it runs.
+pub async fn run<D: Driver>(
+    cfg: AgentConfig,
+    driver: D,
+    observations: mpsc::UnboundedReceiver<Observation>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let store = InitStore::open(&cfg.init_store).map_err(|source| AgentError::InitStore {
+        host: cfg.host.clone(),
+        path: cfg.init_store.clone(),
+        source,
+    })?;
+    let link = Link::new(&cfg.controller, &cfg.host, cfg.token.clone()).map_err(|source| {
+        AgentError::Link {
+            host: cfg.host.clone(),
+            source,
+        }
+    })?;
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        cfg,
+        driver,
+        store,
+        units: Mutex::default(),
+        epochs: Mutex::default(),
+        faulty: Mutex::new(false),
+        reports: reports_tx,
+        last_renewed: Mutex::new(None),
+        lease: Mutex::new(Duration::from_secs(3)),
+    });
+    tracing::info!(host = %shared.cfg.host, controller = %shared.cfg.controller, "agent starting");
+    let tasks = [
+        tokio::spawn(link::poll_loop(shared.clone(), link.clone())),
+        tokio::spawn(link::report_loop(link, reports_rx)),
+        tokio::spawn(observe_loop(shared.clone(), observations)),
+        tokio::spawn(fence_loop(shared.clone())),
+        tokio::spawn(data_loop(shared.clone())),
+    ];
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    let running = shared.driver.running();
+    for unit in running {
+        if let Err(e) = shared.driver.stop(&unit).await {
+            tracing::warn!(host = %shared.cfg.host, %unit, error = %e, "stop at shutdown failed");
+        }
+    }
+    tracing::info!(host = %shared.cfg.host, "agent stopped");
+    Ok(())
+}
+
+/// Driver observations become reports: readiness answers the pending step, exits and starved
+/// watchdogs become faults.
+async fn observe_loop<D: Driver>(
+    shared: Arc<Shared<D>>,
+    mut rx: mpsc::UnboundedReceiver<Observation>,
+) {
+    while let Some(obs) = rx.recv().await {
+        let mut units = shared.units.lock().await;
+        let Some(local) = units.get_mut(obs.unit()) else {
+            continue;
+        };
+        let unit = local.unit.unit.clone();
+        match obs {
+            Observation::Ready { .. } => {
+                if let Some(op) = local.pending.take() {
+                    local.healthy = true;
+                    shared.report(AgentReport::UnitUp { unit, op });
+                }
+            }
+            Observation::StartFailed { reason, .. } => {
+                if let Some(op) = local.pending.take() {
+                    shared.report(AgentReport::StepFailed { unit, op, reason });
+                }
+            }
+            Observation::ProcessExited {
+                process,
+                layer,
+                status,
+                ..
+            } => {
+                local.healthy = false;
+                local.last_exited = Some(process.clone());
+                let kind = match layer {
+                    Layer::Middleware => FaultKind::Middleware,
+                    Layer::Application => FaultKind::Process,
+                };
+                let detail = format!("process {process} exited: {status}");
+                shared.report(AgentReport::Fault { unit, kind, detail });
+            }
+            Observation::WatchdogMissed { silent_ms, .. } => {
+                local.healthy = false;
+                let detail = format!("no watchdog pet for {silent_ms} ms");
+                shared.report(AgentReport::Fault {
+                    unit,
+                    kind: FaultKind::Watchdog,
+                    detail,
+                });
+            }
+        }
+    }
+}
+
+/// Self-fencing: when the lease was not renewed in time, every ACT unit here is stopped.
+async fn fence_loop<D: Driver>(shared: Arc<Shared<D>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let Some(renewed) = *shared.last_renewed.lock().await else {
+            continue;
+        };
+        let lease = *shared.lease.lock().await;
+        if renewed.elapsed() < lease {
+            continue;
+        }
+        let acts: Vec<UnitId> = {
+            let units = shared.units.lock().await;
+            units
+                .values()
+                .filter(|l| l.role == Role::Act)
+                .map(|l| l.unit.unit.clone())
+                .collect()
+        };
+        for unit in acts {
+            tracing::warn!(host = %shared.cfg.host, %unit, "lease expired: self-fencing the ACT unit");
+            if let Err(e) = shared.driver.stop(&unit).await {
+                tracing::error!(host = %shared.cfg.host, %unit, error = %e, "self-fence stop failed");
+            }
+            if let Some(l) = shared.units.lock().await.get_mut(&unit) {
+                l.role = Role::None;
+                l.healthy = false;
+            }
+            shared.report(AgentReport::Released { unit });
+        }
+    }
+}
+
+/// While a unit here is ACT and healthy, its data is saved to the init store and synced to its
+/// SBY's copy every `sync_ms`, and backed up as LAF every `backup_ms`.
+async fn data_loop<D: Driver>(shared: Arc<Shared<D>>) {
+    let period = Duration::from_millis(shared.cfg.sync_ms.max(50));
+    let backup_every = (shared.cfg.backup_ms / shared.cfg.sync_ms.max(50)).max(1);
+    let mut tick = tokio::time::interval(period);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let acts: Vec<(UnitId, UnitId)> = {
+            let units = shared.units.lock().await;
+            units
+                .values()
+                .filter(|l| l.role == Role::Act && l.healthy && l.pending.is_none())
+                .map(|l| (l.unit.unit.clone(), l.unit.peer.clone()))
+                .collect()
+        };
+        for (unit, peer) in acts {
+            exec::save_and_sync(&shared, &unit, &peer).await;
+            if n.is_multiple_of(backup_every) {
+                let keep = shared.cfg.backup_keep;
+                if let Err(e) = shared.store.backup(&unit, keep) {
+                    tracing::warn!(host = %shared.cfg.host, %unit, error = %e, "LAF backup failed");
+                }
+            }
+        }
+    }
+}

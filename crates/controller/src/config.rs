@@ -1,0 +1,430 @@
+//! The config file of a duplex installation (TOML): controller settings, engine settings, the
+//! init store, hosts, unit templates and pairs. Every error names the file, line and field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use duplex_engine::{EngineConfig, HostSpec, PairSpec};
+use duplex_model::{HostId, Millis, PairId, UnitId, UnitSpec};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A config that cannot be used, with where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something in the file is wrong.
+    #[error("{path}:{line}:{column}: {field}: {message}\n  {line} | {text}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The field.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+        /// The line.
+        text: String,
+    },
+}
+
+/// Controller settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerSettings {
+    /// Where the controller's HTTP API listens.
+    pub listen: SocketAddr,
+    /// The shared bearer token agents and operators present.
+    pub token: Option<String>,
+    /// A file holding the token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// Where state, init store and unit runtime directories live (relative to the config file).
+    pub state_dir: PathBuf,
+    /// An agent silent this long is lost; it stops its ACT units by then.
+    pub lease_ms: Millis,
+    /// After a host is lost, how much longer the controller waits before it counts the host as
+    /// fenced (clock drift and the agent's own stop time).
+    pub fence_margin_ms: Millis,
+    /// How long a sync long-poll waits for commands.
+    pub poll_ms: Millis,
+    /// Events kept in the history.
+    pub max_history: usize,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            token: None,
+            token_file: None,
+            state_dir: PathBuf::from(".duplex"),
+            lease_ms: 3_000,
+            fence_margin_ms: 1_500,
+            poll_ms: 1_000,
+            max_history: 100_000,
+        }
+    }
+}
+
+/// Init store settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InitStoreSettings {
+    /// Its root (default: `STATE_DIR/init`); shared by every host.
+    pub path: Option<PathBuf>,
+    /// How often an ACT's data is saved and synced to its SBY's copy.
+    pub sync_ms: Millis,
+    /// How often a LAF backup is taken.
+    pub backup_ms: Millis,
+    /// How many LAF backups are kept.
+    pub backup_keep: usize,
+}
+
+impl Default for InitStoreSettings {
+    fn default() -> Self {
+        Self {
+            path: None,
+            sync_ms: 1_000,
+            backup_ms: 24 * 3_600_000,
+            backup_keep: 3,
+        }
+    }
+}
+
+/// A host as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostConfig {
+    /// As the engine sees it.
+    pub spec: HostSpec,
+    /// Template variables for units on this host (e.g. a port).
+    pub vars: BTreeMap<String, String>,
+    /// Whether `duplex up` runs an agent for it in-process.
+    pub local: bool,
+}
+
+/// A pair as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairConfig {
+    /// As the engine sees it.
+    pub spec: PairSpec,
+    /// The unit template both units run.
+    pub unit: UnitSpec,
+    /// A directory holding the initial data set (REF), if any.
+    pub ref_data: Option<PathBuf>,
+}
+
+/// A checked config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Controller settings; relative paths already resolved against the file's directory.
+    pub controller: ControllerSettings,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// Init store settings.
+    pub init_store: InitStoreSettings,
+    /// Hosts.
+    pub hosts: Vec<HostConfig>,
+    /// Pairs.
+    pub pairs: Vec<PairConfig>,
+}
+
+impl Config {
+    /// The init store's root.
+    pub fn init_store_path(&self) -> PathBuf {
+        self.init_store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.controller.state_dir.join("init"))
+    }
+
+    /// The redb file of the controller's state.
+    pub fn state_file(&self) -> PathBuf {
+        self.controller.state_dir.join("state.redb")
+    }
+
+    /// The token agents and operators must present.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = &self.controller.token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(file) = &self.controller.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        Ok(text
+            .lines()
+            .next()
+            .map(|l| l.trim().to_owned())
+            .filter(|t| !t.is_empty()))
+    }
+
+    /// The pair and template of a unit.
+    pub fn pair_of(&self, unit: &UnitId) -> Option<&PairConfig> {
+        self.pairs
+            .iter()
+            .find(|p| &p.spec.act == unit || &p.spec.sby == unit)
+    }
+
+    /// A host's config.
+    pub fn host(&self, host: &HostId) -> Option<&HostConfig> {
+        self.hosts.iter().find(|h| &h.spec.id == host)
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Checks a config given as text; relative paths resolve against `path`'s directory.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let at = |span: Range<usize>, field: &str, message: String| {
+            let place = duplex_model::source::locate(text, span);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line: place.line,
+                column: place.column,
+                field: field.to_owned(),
+                message,
+                text: place.text,
+            }
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let place = duplex_model::source::locate(text, span.clone());
+            at(
+                span,
+                place.key.as_deref().unwrap_or("(file)"),
+                e.message().trim().to_owned(),
+            )
+        })?;
+        // Absolute, because units run in their own working directories.
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = std::path::absolute(&base).unwrap_or(base);
+        raw.check(&at, &base, path)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    controller: ControllerSettings,
+    engine: Option<Spanned<EngineConfig>>,
+    #[serde(default)]
+    init_store: InitStoreSettings,
+    hosts: Vec<RawHost>,
+    #[serde(default)]
+    units: BTreeMap<String, Spanned<UnitSpec>>,
+    pairs: Vec<RawPair>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: Spanned<String>,
+    #[serde(default)]
+    spare: bool,
+    #[serde(default = "one")]
+    capacity: Spanned<u32>,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    local: bool,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    name: Spanned<String>,
+    unit: Spanned<String>,
+    act: Spanned<String>,
+    sby: Spanned<String>,
+    units: Option<Spanned<[String; 2]>>,
+    ref_data: Option<PathBuf>,
+}
+
+type At<'a> = dyn Fn(Range<usize>, &str, String) -> ConfigError + 'a;
+
+impl RawConfig {
+    fn check(self, at: &At<'_>, base: &Path, path: &Path) -> Result<Config, ConfigError> {
+        let engine = match self.engine {
+            Some(e) => {
+                let span = e.span();
+                let cfg = e.into_inner();
+                cfg.validate()
+                    .map_err(|err| at(span, "engine", err.to_string()))?;
+                cfg
+            }
+            None => EngineConfig::default(),
+        };
+        let mut controller = self.controller;
+        controller.state_dir = base.join(&controller.state_dir);
+        controller.token_file = controller.token_file.map(|f| base.join(f));
+        if controller.lease_ms == 0 || controller.poll_ms == 0 {
+            return Err(at(
+                0..0,
+                "controller",
+                "lease_ms and poll_ms must be > 0".into(),
+            ));
+        }
+        let mut init_store = self.init_store;
+        init_store.path = init_store.path.map(|p| base.join(p));
+        let hosts = check_hosts(self.hosts, at)?;
+        let names: BTreeSet<&str> = hosts.iter().map(|h| h.spec.id.as_str()).collect();
+        for (name, spec) in &self.units {
+            if spec.get_ref().application.is_empty() {
+                let msg = "a unit needs at least one application process".to_owned();
+                return Err(at(spec.span(), &format!("units.{name}.application"), msg));
+            }
+        }
+        let pairs = check_pairs(self.pairs, &names, &self.units, at, base)?;
+        Ok(Config {
+            path: path.to_owned(),
+            controller,
+            engine,
+            init_store,
+            hosts,
+            pairs,
+        })
+    }
+}
+
+fn check_hosts(raw: Vec<RawHost>, at: &At<'_>) -> Result<Vec<HostConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(at(0..0, "hosts", "no hosts: add [[hosts]] tables".into()));
+    }
+    let mut hosts: Vec<HostConfig> = Vec::new();
+    for (i, h) in raw.into_iter().enumerate() {
+        let name = h.name.get_ref();
+        if hosts.iter().any(|x| x.spec.id.as_str() == name) {
+            return Err(at(
+                h.name.span(),
+                &format!("hosts[{i}].name"),
+                format!("host {name:?} is defined twice"),
+            ));
+        }
+        if *h.capacity.get_ref() == 0 {
+            return Err(at(
+                h.capacity.span(),
+                &format!("hosts[{i}].capacity"),
+                "must be at least 1".into(),
+            ));
+        }
+        hosts.push(HostConfig {
+            spec: HostSpec {
+                id: HostId::new(name.clone()),
+                spare: h.spare,
+                capacity: *h.capacity.get_ref(),
+            },
+            vars: h.vars,
+            local: h.local,
+        });
+    }
+    Ok(hosts)
+}
+
+fn check_pairs(
+    raw: Vec<RawPair>,
+    hosts: &BTreeSet<&str>,
+    units: &BTreeMap<String, Spanned<UnitSpec>>,
+    at: &At<'_>,
+    base: &Path,
+) -> Result<Vec<PairConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(at(0..0, "pairs", "no pairs: add [[pairs]] tables".into()));
+    }
+    let mut pairs: Vec<PairConfig> = Vec::new();
+    let mut unit_names = BTreeSet::new();
+    for (i, p) in raw.into_iter().enumerate() {
+        let field = |f: &str| format!("pairs[{i}].{f}");
+        let name = p.name.get_ref().clone();
+        if pairs.iter().any(|q| q.spec.id.as_str() == name) {
+            return Err(at(
+                p.name.span(),
+                &field("name"),
+                format!("pair {name:?} is defined twice"),
+            ));
+        }
+        for (key, host) in [("act", &p.act), ("sby", &p.sby)] {
+            if !hosts.contains(host.get_ref().as_str()) {
+                let known = hosts.iter().copied().collect::<Vec<_>>().join(", ");
+                return Err(at(
+                    host.span(),
+                    &field(key),
+                    format!("host {:?} is not defined (hosts: {known})", host.get_ref()),
+                ));
+            }
+        }
+        if p.act.get_ref() == p.sby.get_ref() {
+            return Err(at(
+                p.sby.span(),
+                &field("sby"),
+                "ACT and SBY must start on different hosts".into(),
+            ));
+        }
+        let Some(unit) = units.get(p.unit.get_ref()) else {
+            let known = units.keys().cloned().collect::<Vec<_>>().join(", ");
+            return Err(at(
+                p.unit.span(),
+                &field("unit"),
+                format!("no [units.{}] (units: {known})", p.unit.get_ref()),
+            ));
+        };
+        let [a, b] = match &p.units {
+            Some(u) => u.get_ref().clone(),
+            None => [format!("{name}-1"), format!("{name}-2")],
+        };
+        for u in [&a, &b] {
+            let span = p.units.as_ref().map_or(p.name.span(), Spanned::span);
+            if !unit_names.insert(u.clone()) || a == b {
+                return Err(at(
+                    span,
+                    &field("units"),
+                    format!("unit name {u:?} is used twice"),
+                ));
+            }
+        }
+        pairs.push(PairConfig {
+            spec: PairSpec {
+                id: PairId::new(name),
+                act: UnitId::new(a),
+                act_host: HostId::new(p.act.into_inner()),
+                sby: UnitId::new(b),
+                sby_host: HostId::new(p.sby.into_inner()),
+            },
+            unit: unit.get_ref().clone(),
+            ref_data: p.ref_data.map(|d| base.join(d)),
+        });
+    }
+    Ok(pairs)
+}

@@ -1,0 +1,894 @@
+//! The controller's one task that owns the engine: it turns syncs, reports, operator requests
+//! and timers into engine events, persists every step before dispatching its commands, keeps a
+//! command queue per host, declares silent hosts lost and lost hosts fenced.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_engine::{Command, Event, Intent, Ready, State, Timer, TimerKind};
+use duplex_model::wire::{
+    AgentCommand, AgentReport, Envelope, ReportBatch, StepAction, SyncRequest, UnitRef,
+};
+use duplex_model::{FaultKind, HostId, Millis, PairId, Role, UnitId};
+use duplex_store::{HistoryQuery, HistoryRecord, StateStore};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::view::{self, StatusView};
+
+/// Wall-clock milliseconds since the Unix epoch: the engine's `now`. Wall time (not a
+/// monotonic clock) so that deadlines persisted by one controller process mean the same to the
+/// next one.
+pub(crate) fn now_ms() -> Millis {
+    let d = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .unwrap_or_default();
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A request the API could not carry out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// Something named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request makes no sense.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is valid but the pair's state does not allow it now.
+    #[error("{0}")]
+    Conflict(String),
+    /// The controller could not do it (store failure, shutting down).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What stops the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The state store failed; nothing was dispatched after the failure.
+    #[error("state store: {0}")]
+    Store(#[from] duplex_store::StoreError),
+    /// The config does not fit the engine (pairs on unknown hosts, …).
+    #[error("config {path}: {source}")]
+    Engine {
+        /// The config file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: duplex_engine::EngineError,
+    },
+}
+
+/// Which unit of a pair an operator means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnitSelector {
+    /// The unit holding ACT now.
+    Act,
+    /// The unit holding SBY now.
+    Sby,
+    /// By name.
+    Named(UnitId),
+}
+
+/// The answer to a sync: the queued commands and a watch on the host's newest command.
+pub(crate) type SyncReply = Result<(Vec<Envelope>, watch::Receiver<u64>), ApiError>;
+
+pub(crate) enum Input {
+    Sync {
+        host: HostId,
+        req: SyncRequest,
+        reply: oneshot::Sender<SyncReply>,
+    },
+    Poll {
+        host: HostId,
+        acked: u64,
+        reply: oneshot::Sender<Vec<Envelope>>,
+    },
+    Reports {
+        host: HostId,
+        batch: ReportBatch,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Intent {
+        intent: Intent,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Inject {
+        pair: PairId,
+        unit: UnitSelector,
+        kind: FaultKind,
+        reply: oneshot::Sender<Result<UnitId, ApiError>>,
+    },
+    Faulty {
+        host: HostId,
+        on: bool,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusView>,
+    },
+    Events {
+        query: HistoryQuery,
+        reply: oneshot::Sender<Result<Vec<HistoryRecord>, ApiError>>,
+    },
+}
+
+/// A cheap handle to the controller task.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Input>,
+    pub(crate) token: Option<Arc<str>>,
+    pub(crate) poll: Duration,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| ApiError::Internal("the controller is shutting down".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Internal("the controller stopped while answering".into()))
+    }
+
+    pub(crate) async fn sync(&self, host: HostId, req: SyncRequest) -> SyncReply {
+        self.ask(|reply| Input::Sync { host, req, reply }).await?
+    }
+
+    pub(crate) async fn poll(&self, host: HostId, acked: u64) -> Result<Vec<Envelope>, ApiError> {
+        self.ask(|reply| Input::Poll { host, acked, reply }).await
+    }
+
+    pub(crate) async fn reports(&self, host: HostId, batch: ReportBatch) -> Result<(), ApiError> {
+        self.ask(|reply| Input::Reports { host, batch, reply })
+            .await?
+    }
+
+    /// An operator intent (switchover, maintenance).
+    pub async fn intent(&self, intent: Intent) -> Result<(), ApiError> {
+        self.ask(|reply| Input::Intent { intent, reply }).await?
+    }
+
+    /// Makes a fault happen for real on a unit of a pair (drills and demos).
+    pub async fn inject(
+        &self,
+        pair: PairId,
+        unit: UnitSelector,
+        kind: FaultKind,
+    ) -> Result<UnitId, ApiError> {
+        self.ask(|reply| Input::Inject {
+            pair,
+            unit,
+            kind,
+            reply,
+        })
+        .await?
+    }
+
+    /// Turns a host's demo hardware fault on or off.
+    pub async fn faulty(&self, host: HostId, on: bool) -> Result<(), ApiError> {
+        self.ask(|reply| Input::Faulty { host, on, reply }).await?
+    }
+
+    /// Everything at a glance.
+    pub async fn status(&self) -> Result<StatusView, ApiError> {
+        self.ask(|reply| Input::Status { reply }).await
+    }
+
+    /// The event history.
+    pub async fn events(&self, query: HistoryQuery) -> Result<Vec<HistoryRecord>, ApiError> {
+        self.ask(|reply| Input::Events { query, reply }).await?
+    }
+}
+
+/// One agent link as the controller sees it.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub boot: Option<String>,
+    pub last_seen: Millis,
+    pub lost: bool,
+    pub faulty: bool,
+    queue: VecDeque<Envelope>,
+    next_seq: u64,
+    seq_tx: watch::Sender<u64>,
+    /// A `Fence` command is out to the (reachable) agent.
+    fencing: bool,
+}
+
+/// The controller task.
+pub struct Controller {
+    cfg: Arc<Config>,
+    pub(crate) state: State,
+    store: Box<dyn StateStore>,
+    pub(crate) links: BTreeMap<HostId, Link>,
+    timers: BTreeMap<Millis, Vec<Timer>>,
+    /// Lost hosts: when they count as fenced (lease + margin after they were last heard).
+    fences: BTreeMap<HostId, Millis>,
+    rx: mpsc::Receiver<Input>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("config", &self.cfg.path)
+            .field("hosts", &self.links.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// Builds the controller from its config and store: resumes the stored state if there is
+    /// one (re-issuing what may have been lost in flight), else starts every pair as configured.
+    pub fn new(
+        cfg: Config,
+        mut store: Box<dyn StateStore>,
+        token: Option<String>,
+    ) -> Result<(Controller, Handle), ControllerError> {
+        let now = now_ms();
+        let (state, resumed) = match store.load()? {
+            Some(state) => (state, true),
+            None => {
+                let hosts = cfg.hosts.iter().map(|h| h.spec.clone()).collect();
+                let pairs = cfg.pairs.iter().map(|p| p.spec.clone()).collect();
+                let state = State::new(cfg.engine.clone(), hosts, pairs).map_err(|source| {
+                    ControllerError::Engine {
+                        path: cfg.path.clone(),
+                        source,
+                    }
+                })?;
+                store.init(&state)?;
+                (state, false)
+            }
+        };
+        let links = state
+            .hosts
+            .keys()
+            .map(|h| {
+                let (seq_tx, _) = watch::channel(0);
+                let link = Link {
+                    boot: None,
+                    last_seen: now,
+                    lost: false,
+                    faulty: false,
+                    queue: VecDeque::new(),
+                    next_seq: 0,
+                    seq_tx,
+                    fencing: false,
+                };
+                (h.clone(), link)
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = Handle {
+            tx,
+            token: token.map(Arc::from),
+            poll: Duration::from_millis(cfg.controller.poll_ms),
+        };
+        let mut c = Controller {
+            cfg: Arc::new(cfg),
+            state,
+            store,
+            links,
+            timers: BTreeMap::new(),
+            fences: BTreeMap::new(),
+            rx,
+        };
+        if resumed {
+            c.resume(now);
+        } else {
+            c.bootstrap()?;
+        }
+        Ok((c, handle))
+    }
+
+    /// A fresh start: every unit is built on its configured host from its init info; each is
+    /// told its configured role once it is up.
+    fn bootstrap(&mut self) -> Result<(), ControllerError> {
+        let now = now_ms();
+        let ready = duplex_engine::boot(&mut self.state, now);
+        let first = record(
+            "boot",
+            None,
+            None,
+            "controller started: every unit is built on its host".into(),
+            serde_json::Value::Null,
+        );
+        self.apply(Some(first), &ready, now)
+    }
+
+    /// After a restart: timers are re-armed from the state, and every idempotent command that
+    /// may have been lost between persisting and dispatching is sent again.
+    fn resume(&mut self, now: Millis) {
+        tracing::info!("resuming from the stored state");
+        let pairs: Vec<_> = self.state.pairs.values().cloned().collect();
+        for pair in pairs {
+            for i in &pair.unreleased {
+                let current = pair.units.iter().any(|u| {
+                    u.id == i.unit && u.host.as_ref() == Some(&i.host) && u.role == Role::Act
+                });
+                if !current {
+                    self.queue(
+                        &i.host,
+                        AgentCommand::Destroy {
+                            pair: pair.id.clone(),
+                            unit: i.unit.clone(),
+                            epoch: pair.epoch,
+                        },
+                    );
+                }
+            }
+            for u in &pair.units {
+                let Some(host) = u.host.clone() else { continue };
+                match &u.health {
+                    duplex_engine::Health::Recovering(step) => {
+                        self.arm(
+                            Timer {
+                                unit: u.id.clone(),
+                                kind: TimerKind::StepDeadline,
+                                op: step.op,
+                            },
+                            step.deadline,
+                        );
+                        let unit = self.unit_ref(&pair.id, &u.id);
+                        let action = step_action(step.action);
+                        self.queue(
+                            &host,
+                            AgentCommand::Step {
+                                unit,
+                                op: step.op,
+                                epoch: pair.epoch,
+                                action,
+                            },
+                        );
+                    }
+                    duplex_engine::Health::Up => {
+                        if u.ladder.is_some() {
+                            let at = now + self.state.config.probation_ms;
+                            self.arm(
+                                Timer {
+                                    unit: u.id.clone(),
+                                    kind: TimerKind::Probation,
+                                    op: u.next_op - 1,
+                                },
+                                at,
+                            );
+                        }
+                        if let Some((role, epoch)) = u.granted {
+                            let unit = self.unit_ref(&pair.id, &u.id);
+                            self.queue(&host, AgentCommand::Role { unit, role, epoch });
+                        }
+                    }
+                    duplex_engine::Health::WaitingForSpare => {}
+                }
+            }
+        }
+        let lost: Vec<HostId> = self
+            .state
+            .hosts
+            .values()
+            .filter(|h| h.fence == duplex_engine::FenceState::Requested)
+            .map(|h| h.id.clone())
+            .collect();
+        for host in lost {
+            self.fences.insert(
+                host,
+                now + self.cfg.controller.lease_ms + self.cfg.controller.fence_margin_ms,
+            );
+        }
+    }
+
+    /// Runs until every handle is dropped or the store fails.
+    pub async fn run(mut self) -> Result<(), ControllerError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                input = self.rx.recv() => match input {
+                    Some(input) => self.handle(input)?,
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => self.on_tick()?,
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) -> Result<(), ControllerError> {
+        match input {
+            Input::Sync { host, req, reply } => {
+                let r = self.on_sync(&host, req);
+                let _ = reply.send(r);
+            }
+            Input::Poll { host, acked, reply } => {
+                let envs = self
+                    .links
+                    .get(&host)
+                    .map(|l| l.queue.iter().filter(|e| e.seq > acked).cloned().collect())
+                    .unwrap_or_default();
+                let _ = reply.send(envs);
+            }
+            Input::Reports { host, batch, reply } => {
+                let r = self.on_reports(&host, batch);
+                let _ = reply.send(r);
+            }
+            Input::Intent { intent, reply } => {
+                let rejected = self.feed(Event::Intent(intent))?;
+                let _ = reply.send(match rejected {
+                    Some(
+                        e @ (duplex_engine::EngineError::NoSuchPair { .. }
+                        | duplex_engine::EngineError::NoSuchUnit { .. }
+                        | duplex_engine::EngineError::NoSuchHost { .. }),
+                    ) => Err(ApiError::NotFound(e.to_string())),
+                    Some(e) => Err(ApiError::Conflict(e.to_string())),
+                    None => Ok(()),
+                });
+            }
+            Input::Inject {
+                pair,
+                unit,
+                kind,
+                reply,
+            } => {
+                let _ = reply.send(self.inject(&pair, &unit, kind));
+            }
+            Input::Faulty { host, on, reply } => {
+                let r = match self.links.get_mut(&host) {
+                    Some(link) => {
+                        link.faulty = on;
+                        self.queue(&host, AgentCommand::SetFaulty { on });
+                        self.history(
+                            "host-faulty",
+                            None,
+                            None,
+                            format!(
+                                "host {host} hardware fault (demo) {}",
+                                if on { "on" } else { "off" }
+                            ),
+                            serde_json::json!({ "host": host, "on": on }),
+                        )?;
+                        Ok(())
+                    }
+                    None => Err(ApiError::NotFound(format!("no host named {host}"))),
+                };
+                let _ = reply.send(r);
+            }
+            Input::Status { reply } => {
+                let _ = reply.send(view::status(self, now_ms()));
+            }
+            Input::Events { query, reply } => {
+                let _ = reply.send(
+                    self.store
+                        .history(&query)
+                        .map_err(|e| ApiError::Internal(e.to_string())),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn on_sync(&mut self, host: &HostId, req: SyncRequest) -> SyncReply {
+        let now = now_ms();
+        let link = self.links.get_mut(host).ok_or_else(|| {
+            ApiError::NotFound(format!("no host named {host} in the controller's config"))
+        })?;
+        link.last_seen = now;
+        let restarted = link.boot.as_ref().is_some_and(|b| *b != req.boot);
+        link.boot = Some(req.boot);
+        link.queue.retain(|e| e.seq > req.acked);
+        let envs: Vec<Envelope> = link.queue.iter().cloned().collect();
+        let rx = link.seq_tx.subscribe();
+        let was_lost = std::mem::replace(&mut link.lost, false);
+        if was_lost {
+            self.feed(Event::HostUp { host: host.clone() })
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        if restarted {
+            // A restarted agent runs nothing: units believed up there vanished.
+            let vanished: Vec<UnitId> = self
+                .state
+                .placed_on(host)
+                .into_iter()
+                .filter(|u| {
+                    !req.running.contains(u)
+                        && self
+                            .state
+                            .unit(u)
+                            .is_some_and(|x| x.health == duplex_engine::Health::Up)
+                })
+                .collect();
+            for unit in vanished {
+                tracing::warn!(%host, %unit, "agent restarted: unit vanished");
+                self.feed(Event::FaultReported {
+                    unit,
+                    kind: FaultKind::OsPanic,
+                })
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            }
+        }
+        Ok((envs, rx))
+    }
+
+    fn on_reports(&mut self, host: &HostId, batch: ReportBatch) -> Result<(), ApiError> {
+        let internal = |e: ControllerError| ApiError::Internal(e.to_string());
+        let link = self.links.get_mut(host).ok_or_else(|| {
+            ApiError::NotFound(format!("no host named {host} in the controller's config"))
+        })?;
+        link.last_seen = now_ms();
+        for report in batch.reports {
+            match report {
+                AgentReport::UnitUp { unit, op } => {
+                    self.feed(Event::UnitUp { unit, op }).map_err(internal)?;
+                }
+                AgentReport::StepFailed { unit, op, reason } => {
+                    self.feed(Event::StepFailed { unit, op, reason })
+                        .map_err(internal)?;
+                }
+                AgentReport::Released { unit } => {
+                    self.feed(Event::Released {
+                        unit,
+                        host: host.clone(),
+                    })
+                    .map_err(internal)?;
+                }
+                AgentReport::Fault { unit, kind, detail } => {
+                    let here = self
+                        .state
+                        .unit(&unit)
+                        .is_some_and(|u| u.host.as_ref() == Some(host));
+                    let pair = self.state.locate(&unit).map(|(p, _)| p);
+                    self.history("fault-report", pair, Some(unit.clone()), format!("{host}: {kind} of {unit}: {detail}"), serde_json::json!({ "host": host, "kind": kind, "detail": detail, "current": here })).map_err(internal)?;
+                    if here {
+                        self.feed(Event::FaultReported { unit, kind })
+                            .map_err(internal)?;
+                    }
+                }
+                AgentReport::Fenced => {
+                    if let Some(link) = self.links.get_mut(host) {
+                        link.fencing = false;
+                    }
+                    self.feed(Event::HostFenced { host: host.clone() })
+                        .map_err(internal)?;
+                }
+                AgentReport::Refused { seq, reason } => {
+                    tracing::warn!(%host, seq, %reason, "agent refused a command");
+                    self.history(
+                        "command-refused",
+                        None,
+                        None,
+                        format!("{host} refused command {seq}: {reason}"),
+                        serde_json::json!({ "host": host, "seq": seq, "reason": reason }),
+                    )
+                    .map_err(internal)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn inject(
+        &mut self,
+        pair: &PairId,
+        sel: &UnitSelector,
+        kind: FaultKind,
+    ) -> Result<UnitId, ApiError> {
+        let p = self
+            .state
+            .pairs
+            .get(pair)
+            .ok_or_else(|| ApiError::NotFound(format!("no pair named {pair}")))?;
+        let unit = match sel {
+            UnitSelector::Act => p.units.iter().find(|u| u.role == Role::Act),
+            UnitSelector::Sby => p.units.iter().find(|u| u.role == Role::Sby),
+            UnitSelector::Named(n) => p.units.iter().find(|u| &u.id == n),
+        };
+        let unit = unit.ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "pair {pair} has no unit {sel:?} now ({})",
+                duplex_engine::describe(p)
+            ))
+        })?;
+        let host = unit.host.clone().ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "unit {} runs nowhere (waiting for a spare)",
+                unit.id
+            ))
+        })?;
+        let id = unit.id.clone();
+        match kind {
+            FaultKind::Process
+            | FaultKind::App
+            | FaultKind::Middleware
+            | FaultKind::Watchdog
+            | FaultKind::OsPanic => {
+                self.queue(
+                    &host,
+                    AgentCommand::Inject {
+                        unit: id.clone(),
+                        kind,
+                    },
+                );
+            }
+            FaultKind::DataCorrupt | FaultKind::HostDown => {
+                // Not something an agent can make happen: report it as the fault itself.
+                self.feed(Event::FaultReported {
+                    unit: id.clone(),
+                    kind,
+                })
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            }
+        }
+        self.history(
+            "fault-injected",
+            Some(pair.clone()),
+            Some(id.clone()),
+            format!("operator injected {kind} into {id} on {host}"),
+            serde_json::json!({ "kind": kind, "host": host }),
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(id)
+    }
+
+    fn on_tick(&mut self) -> Result<(), ControllerError> {
+        let now = now_ms();
+        let lease = self.cfg.controller.lease_ms;
+        let silent: Vec<HostId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| !l.lost && now > l.last_seen + lease)
+            .map(|(h, _)| h.clone())
+            .collect();
+        for host in silent {
+            tracing::warn!(%host, "agent silent for the whole lease: host lost");
+            self.links.get_mut(&host).expect("listed").lost = true;
+            self.feed(Event::HostDown { host })?;
+        }
+        let fenced: Vec<HostId> = self
+            .fences
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(h, _)| h.clone())
+            .collect();
+        for host in fenced {
+            self.fences.remove(&host);
+            // The agent stopped its ACT units when its lease ran out (self-fencing), and the
+            // margin covers its stop time and clock drift.
+            self.feed(Event::HostFenced { host })?;
+        }
+        let due: Vec<Millis> = self.timers.range(..=now).map(|(t, _)| *t).collect();
+        for t in due {
+            for timer in self.timers.remove(&t).unwrap_or_default() {
+                self.feed(Event::TimerFired { timer })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One engine step: persist, record, then dispatch. Returns the engine's refusal of an
+    /// operator intent, if it refused.
+    pub(crate) fn feed(
+        &mut self,
+        event: Event,
+    ) -> Result<Option<duplex_engine::EngineError>, ControllerError> {
+        let now = now_ms();
+        let quiet = matches!(event, Event::TimerFired { .. });
+        let first = record(
+            "event",
+            None,
+            None,
+            event_text(&event),
+            serde_json::to_value(&event).unwrap_or_default(),
+        );
+        let ready = duplex_engine::step(&mut self.state, event, now);
+        if ready.rejected.is_some() {
+            return Ok(ready.rejected);
+        }
+        let first = (!quiet || !ready.notes.is_empty()).then_some(first);
+        self.apply(first, &ready, now)?;
+        Ok(None)
+    }
+
+    /// Persists a step's delta with its history, then dispatches its commands. Nothing is
+    /// dispatched if persisting fails.
+    fn apply(
+        &mut self,
+        first: Option<HistoryRecord>,
+        ready: &Ready,
+        now: Millis,
+    ) -> Result<(), ControllerError> {
+        let mut records: Vec<HistoryRecord> = first.into_iter().collect();
+        for note in &ready.notes {
+            tracing::info!(kind = note.kind(), pair = ?note.pair(), unit = ?note.unit(), "{note}");
+            records.push(record(
+                note.kind(),
+                note.pair().cloned(),
+                note.unit().cloned(),
+                note.to_string(),
+                serde_json::to_value(note).unwrap_or_default(),
+            ));
+        }
+        for cmd in &ready.commands {
+            if !matches!(cmd, Command::ArmTimer { .. }) {
+                records.push(record(
+                    "command",
+                    None,
+                    None,
+                    cmd.to_string(),
+                    serde_json::to_value(cmd).unwrap_or_default(),
+                ));
+            }
+        }
+        self.store.commit(&self.state, &ready.persist, &records)?;
+        for cmd in ready.commands.clone() {
+            self.dispatch(cmd, now);
+        }
+        Ok(())
+    }
+
+    fn history(
+        &mut self,
+        kind: &str,
+        pair: Option<PairId>,
+        unit: Option<UnitId>,
+        message: String,
+        body: serde_json::Value,
+    ) -> Result<(), ControllerError> {
+        let r = record(kind, pair, unit, message, body);
+        self.store
+            .commit(&self.state, &duplex_engine::Persist::default(), &[r])?;
+        Ok(())
+    }
+
+    fn dispatch(&mut self, cmd: Command, now: Millis) {
+        match cmd {
+            Command::ArmTimer { timer, at } => self.arm(timer, at),
+            Command::FenceHost { host } => {
+                let Some(link) = self.links.get_mut(&host) else {
+                    return;
+                };
+                if link.lost {
+                    let at = (link.last_seen
+                        + self.cfg.controller.lease_ms
+                        + self.cfg.controller.fence_margin_ms)
+                        .max(now);
+                    self.fences.insert(host, at);
+                } else {
+                    link.fencing = true;
+                    self.queue(&host, AgentCommand::Fence);
+                }
+            }
+            Command::StopDuplex { .. } | Command::ResumeDuplex { .. } => {}
+            Command::ResetProcess(t) => self.step_cmd(&t, StepAction::ResetProcess),
+            Command::RestartApplication(t) => self.step_cmd(&t, StepAction::RestartApplication),
+            Command::RestartMiddleware(t) => self.step_cmd(&t, StepAction::RestartMiddleware),
+            Command::RebootOs { target, from } => self.step_cmd(&target, StepAction::Reboot(from)),
+            Command::Recreate { target, from } => {
+                self.step_cmd(&target, StepAction::Recreate(from))
+            }
+            Command::DestroyUnit {
+                pair,
+                unit,
+                host,
+                epoch,
+            } => self.queue(&host, AgentCommand::Destroy { pair, unit, epoch }),
+            Command::GrantRole {
+                pair,
+                unit,
+                host,
+                role,
+                epoch,
+            } => {
+                let unit = self.unit_ref(&pair, &unit);
+                self.queue(&host, AgentCommand::Role { unit, role, epoch });
+            }
+        }
+    }
+
+    fn step_cmd(&mut self, t: &duplex_engine::StepTarget, action: StepAction) {
+        let unit = self.unit_ref(&t.pair, &t.unit);
+        self.queue(
+            &t.host,
+            AgentCommand::Step {
+                unit,
+                op: t.op,
+                epoch: t.epoch,
+                action,
+            },
+        );
+    }
+
+    fn arm(&mut self, timer: Timer, at: Millis) {
+        self.timers.entry(at).or_default().push(timer);
+    }
+
+    fn queue(&mut self, host: &HostId, command: AgentCommand) {
+        let Some(link) = self.links.get_mut(host) else {
+            tracing::error!(%host, ?command, "command for a host without a link");
+            return;
+        };
+        link.next_seq += 1;
+        link.queue.push_back(Envelope {
+            seq: link.next_seq,
+            command,
+        });
+        link.seq_tx.send_replace(link.next_seq);
+    }
+
+    /// What an agent needs to know to run a unit: its pair, its peer, its spec with the host's
+    /// variables merged in.
+    fn unit_ref(&self, pair: &PairId, unit: &UnitId) -> UnitRef {
+        let p = &self.state.pairs[pair];
+        let peer = p
+            .units
+            .iter()
+            .find(|u| &u.id != unit)
+            .map(|u| u.id.clone())
+            .unwrap_or_else(|| unit.clone());
+        let mut spec = self
+            .cfg
+            .pair_of(unit)
+            .map(|c| c.unit.clone())
+            .expect("units come from the config");
+        let host = self.state.unit(unit).and_then(|u| u.host.clone());
+        if let Some(h) = host.as_ref().and_then(|h| self.cfg.host(h)) {
+            spec.vars.extend(h.vars.clone());
+        }
+        UnitRef {
+            pair: pair.clone(),
+            unit: unit.clone(),
+            peer,
+            spec,
+        }
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+}
+
+fn step_action(action: duplex_engine::Action) -> StepAction {
+    match action {
+        duplex_engine::Action::ResetProcess => StepAction::ResetProcess,
+        duplex_engine::Action::RestartApplication => StepAction::RestartApplication,
+        duplex_engine::Action::RestartMiddleware => StepAction::RestartMiddleware,
+        duplex_engine::Action::RebootOs(g) => StepAction::Reboot(g),
+        duplex_engine::Action::Recreate(g) => StepAction::Recreate(g),
+    }
+}
+
+fn record(
+    kind: &str,
+    pair: Option<PairId>,
+    unit: Option<UnitId>,
+    message: String,
+    body: serde_json::Value,
+) -> HistoryRecord {
+    HistoryRecord {
+        seq: 0,
+        at_unix_ms: now_ms(),
+        kind: kind.to_owned(),
+        pair,
+        unit,
+        message,
+        body,
+    }
+}
+
+fn event_text(event: &Event) -> String {
+    match event {
+        Event::FaultReported { unit, kind } => format!("{kind} reported for {unit}"),
+        Event::UnitUp { unit, op } => format!("{unit} up (step {op})"),
+        Event::StepFailed { unit, op, reason } => format!("{unit} step {op} failed: {reason}"),
+        Event::Released { unit, host } => format!("{unit} on {host} released"),
+        Event::HostDown { host } => format!("host {host} silent: lost"),
+        Event::HostUp { host } => format!("host {host} reachable"),
+        Event::HostFenced { host } => format!("host {host} fenced"),
+        Event::TimerFired { timer } => format!(
+            "{:?} timer of {} (step {})",
+            timer.kind, timer.unit, timer.op
+        ),
+        Event::Intent(i) => format!("operator: {i:?}"),
+    }
+}

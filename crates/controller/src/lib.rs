@@ -1,0 +1,16 @@
+//! The duplex controller: the I/O shell around the engine.
+//!
+//! One task owns the engine state ([`core`]): agents' syncs and reports, operator requests and
+//! timers become engine events; each step's delta is persisted (with its history records)
+//! before its commands are queued to the agents. The HTTP API ([`http`]) only talks to that
+//! task. Decisions are the engine's alone.
+#![deny(missing_docs)]
+
+pub mod config;
+mod core;
+mod http;
+pub mod view;
+
+pub use config::{Config, ConfigError};
+pub use core::{ApiError, Controller, ControllerError, Handle};
+pub use http::router;

@@ -1,0 +1,243 @@
+//! What operators see: the status of every host and pair, as JSON and as the `duplex status`
+//! table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use duplex_engine::{FenceState, Health};
+use duplex_model::{Millis, Phase};
+use serde::{Deserialize, Serialize};
+
+use crate::core::Controller;
+
+/// Everything at a glance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// When this was taken (Unix ms).
+    pub at_unix_ms: Millis,
+    /// The recovery policy.
+    pub policy: String,
+    /// Hosts by name.
+    pub hosts: Vec<HostView>,
+    /// Pairs by name.
+    pub pairs: Vec<PairView>,
+}
+
+/// A host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    /// Its name.
+    pub name: String,
+    /// Whether it is a spare.
+    pub spare: bool,
+    /// `up`, `lost`, `fencing`, `fenced`, `maintenance`, `quarantined`.
+    pub state: String,
+    /// Units placed there / capacity.
+    pub units: Vec<String>,
+    /// How many units it holds.
+    pub capacity: u32,
+    /// Milliseconds since its agent was last heard.
+    pub heard_ms_ago: Millis,
+    /// The demo hardware fault switch.
+    pub faulty: bool,
+}
+
+/// A pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairView {
+    /// Its name.
+    pub name: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Whether it runs duplex.
+    pub duplex: bool,
+    /// In words: `duplex`, `recovering (…)`, …
+    pub state: String,
+    /// Its two units.
+    pub units: Vec<UnitView>,
+}
+
+/// A unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitView {
+    /// Its name.
+    pub name: String,
+    /// `act`, `sby` or `none`.
+    pub role: String,
+    /// Its host, if placed.
+    pub host: Option<String>,
+    /// `up`, `recovering`, `waiting-for-spare`, `maintenance`.
+    pub health: String,
+    /// The step in flight, e.g. `PH2.5 reboot-os (12 s)`.
+    pub step: Option<String>,
+    /// The ladder phase reached by the running escalation.
+    pub ladder: Option<Phase>,
+    /// Restart counters by phase.
+    pub restarts: BTreeMap<Phase, u32>,
+}
+
+pub(crate) fn status(c: &Controller, now: Millis) -> StatusView {
+    let st = &c.state;
+    let hosts = st
+        .hosts
+        .values()
+        .map(|h| {
+            let link = c.links.get(&h.id);
+            let state = if link.is_some_and(|l| l.lost) || !h.up {
+                match h.fence {
+                    FenceState::Requested => "lost, fencing",
+                    FenceState::Done => "lost, fenced",
+                    FenceState::Clear => "lost",
+                }
+            } else if h.maintenance {
+                "maintenance"
+            } else if h.quarantined_until.is_some_and(|t| t > st.now) {
+                "quarantined"
+            } else {
+                "up"
+            };
+            HostView {
+                name: h.id.to_string(),
+                spare: h.spare,
+                state: state.to_owned(),
+                units: st
+                    .placed_on(&h.id)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                capacity: h.capacity,
+                heard_ms_ago: link.map_or(0, |l| now.saturating_sub(l.last_seen)),
+                faulty: link.is_some_and(|l| l.faulty),
+            }
+        })
+        .collect();
+    let pairs = st
+        .pairs
+        .values()
+        .map(|p| PairView {
+            name: p.id.to_string(),
+            epoch: p.epoch.0,
+            duplex: p.duplex,
+            state: duplex_engine::describe(p),
+            units: p
+                .units
+                .iter()
+                .map(|u| UnitView {
+                    name: u.id.to_string(),
+                    role: match u.role {
+                        duplex_model::Role::Act => "act",
+                        duplex_model::Role::Sby => "sby",
+                        duplex_model::Role::None => "none",
+                    }
+                    .to_owned(),
+                    host: u.host.as_ref().map(ToString::to_string),
+                    health: if u.maintenance {
+                        "maintenance".to_owned()
+                    } else {
+                        match &u.health {
+                            Health::Up => "up",
+                            Health::Recovering(_) => "recovering",
+                            Health::WaitingForSpare => "waiting-for-spare",
+                        }
+                        .to_owned()
+                    },
+                    step: u.step().map(|s| {
+                        format!(
+                            "{} {} ({} s)",
+                            s.phase,
+                            s.action.label(),
+                            now.saturating_sub(s.started_at) / 1000
+                        )
+                    }),
+                    ladder: u.ladder,
+                    restarts: u.restarts.clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    StatusView {
+        at_unix_ms: now,
+        policy: st.config.policy.to_string(),
+        hosts,
+        pairs,
+    }
+}
+
+impl StatusView {
+    /// The table `duplex status` prints.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "PAIRS (policy {})", self.policy);
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<8} {:>5}  {:<10} {:<5} {:<12} {:<18} RESTARTS",
+            "PAIR", "STATE", "EPOCH", "UNIT", "ROLE", "HOST", "HEALTH"
+        );
+        for p in &self.pairs {
+            let state = if p.duplex { "duplex" } else { "DEGRADED" };
+            for (i, u) in p.units.iter().enumerate() {
+                let (name, st, epoch) = if i == 0 {
+                    (p.name.as_str(), state, p.epoch.to_string())
+                } else {
+                    ("", "", String::new())
+                };
+                let health = u.step.clone().unwrap_or_else(|| u.health.clone());
+                let restarts = if u.restarts.is_empty() {
+                    "-".to_owned()
+                } else {
+                    u.restarts
+                        .iter()
+                        .map(|(ph, n)| format!("{ph}×{n}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<12} {:<8} {:>5}  {:<10} {:<5} {:<12} {:<18} {}",
+                    name,
+                    st,
+                    epoch,
+                    u.name,
+                    u.role.to_uppercase(),
+                    u.host.as_deref().unwrap_or("-"),
+                    health,
+                    restarts
+                );
+            }
+            if !p.duplex {
+                let _ = writeln!(out, "  {:<12} {}", "", p.state);
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "HOSTS");
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<6} {:<16} {:<10} UNITS",
+            "HOST", "SPARE", "STATE", "HEARD"
+        );
+        for h in &self.hosts {
+            let state = if h.faulty {
+                format!("{} (faulty)", h.state)
+            } else {
+                h.state.clone()
+            };
+            let units = if h.units.is_empty() {
+                "-".to_owned()
+            } else {
+                h.units.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<6} {:<16} {:<10} {}/{}: {}",
+                h.name,
+                if h.spare { "yes" } else { "no" },
+                state,
+                format!("{:.1}s ago", h.heard_ms_ago as f64 / 1000.0),
+                h.units.len(),
+                h.capacity,
+                units
+            );
+        }
+        out
+    }
+}

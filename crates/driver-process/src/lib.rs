@@ -1,0 +1,579 @@
+//! The process driver: a unit is a supervised set of local processes.
+//!
+//! A unit is its middleware processes, then its application processes (`UnitSpec`). Each runs
+//! in its own process group with the unit protocol's environment (`docs/unit-protocol.md`):
+//! where its watchdog socket is, its role and epoch, the role file, its data directory. The
+//! driver reports what it sees as [`Observation`]s and decides nothing: an unrequested exit is
+//! reported, never repaired here.
+//!
+//! No process outlives its unit. A stop sends SIGTERM to every group, SIGKILL once the stop
+//! timeout is over, and reaps. If the driver goes away instead — dropped, or its process killed
+//! — every direct child gets SIGKILL from the kernel (`PR_SET_PDEATHSIG`, see `spawn.rs`) and a
+//! janitor process kills what is left of every group (see `janitor.rs`).
+#![deny(missing_docs)]
+
+mod group;
+mod janitor;
+mod monitor;
+mod plan;
+mod proc;
+mod runtime;
+mod spawn;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use duplex_driver::{Driver, DriverError, Observation, UnitInstance};
+use duplex_model::spec::env;
+use duplex_model::{Epoch, FaultKind, Layer, Role, UnitId};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
+
+use crate::group::{signal_group, signal_process};
+use crate::janitor::Janitor;
+use crate::monitor::{Monitor, Watchdog};
+use crate::plan::Plan;
+use crate::proc::Proc;
+use crate::spawn::Spawner;
+
+/// File name of the watchdog socket in a unit's runtime directory.
+pub const WATCHDOG_SOCKET: &str = "watchdog.sock";
+/// File name of the role file in a unit's runtime directory.
+pub const ROLE_FILE: &str = "role.json";
+
+/// Every variable of the unit protocol: inherited values are removed before the driver sets its
+/// own, so a driver running inside a unit does not leak its protocol to the units it runs.
+const PROTOCOL_VARS: [&str; 8] = [
+    env::WATCHDOG,
+    env::WATCHDOG_MS,
+    env::ROLE,
+    env::EPOCH,
+    env::ROLE_FILE,
+    env::DATA_DIR,
+    env::UNIT,
+    env::PAIR,
+];
+
+/// One process of a running unit, as [`ProcessDriver::processes`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessStatus {
+    /// Its name in the unit spec.
+    pub name: String,
+    /// Its layer.
+    pub layer: Layer,
+    /// Its PID (also its process group id) while it runs (a frozen process runs); `None` once
+    /// it exited or if it could not be spawned.
+    pub pid: Option<u32>,
+}
+
+/// What the driver's background tasks share with it.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    observations: UnboundedSender<Observation>,
+    janitor: Janitor,
+    /// Set when the driver is dropped: exits from then on are not reported.
+    closing: AtomicBool,
+}
+
+/// One unit that runs: its plan, its processes (one slot per planned process, in spec order),
+/// its monitor.
+#[derive(Debug)]
+struct Unit {
+    instance: UnitInstance,
+    plans: Vec<Plan>,
+    procs: Vec<Option<Proc>>,
+    monitor: Monitor,
+}
+
+impl Unit {
+    fn indices(&self, layer: Layer) -> Vec<usize> {
+        (0..self.plans.len())
+            .filter(|&i| self.plans[i].layer == layer)
+            .collect()
+    }
+
+    fn take(&mut self, indices: &[usize]) -> Vec<Proc> {
+        indices
+            .iter()
+            .filter_map(|&i| self.procs[i].take())
+            .collect()
+    }
+
+    /// PIDs of the processes that run, in spec order; `layer` `None` means both layers.
+    fn running_pids(&self, layer: Option<Layer>) -> Vec<Pid> {
+        self.plans
+            .iter()
+            .zip(&self.procs)
+            .filter(|(plan, _)| layer.is_none_or(|l| plan.layer == l))
+            .filter_map(|(_, p)| p.as_ref().filter(|p| p.is_running()).map(|p| p.pid))
+            .collect()
+    }
+
+    /// One exit flag per planned process (already `true` for a process that is missing).
+    fn exit_flags(&self) -> Vec<watch::Receiver<bool>> {
+        self.procs
+            .iter()
+            .map(|p| match p {
+                Some(p) => p.exited(),
+                None => watch::channel(true).1,
+            })
+            .collect()
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(self.instance.spec.stop_timeout_ms)
+    }
+}
+
+type Slot = Arc<AsyncMutex<Option<Unit>>>;
+
+/// Runs units as local process groups. See the crate documentation.
+///
+/// Dropping it kills every process of every unit (SIGKILL, without the graceful SIGTERM of
+/// [`Driver::stop`]; call [`ProcessDriver::shutdown`] first for that).
+pub struct ProcessDriver {
+    shared: Arc<Shared>,
+    /// One slot per unit ever started; its lock orders the operations on that unit.
+    slots: Mutex<BTreeMap<UnitId, Slot>>,
+    running: Mutex<BTreeSet<UnitId>>,
+    spawner: Spawner,
+}
+
+impl fmt::Debug for ProcessDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessDriver")
+            .field("running", &*lock(&self.running))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcessDriver {
+    /// A driver reporting on `observations`. It starts its spawning thread and its janitor
+    /// process (`/bin/sh`) at once; units start with [`Driver::start`], inside a tokio runtime
+    /// with IO and time enabled.
+    pub fn new(observations: UnboundedSender<Observation>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                observations,
+                janitor: Janitor::start(),
+                closing: AtomicBool::new(false),
+            }),
+            slots: Mutex::default(),
+            running: Mutex::default(),
+            spawner: Spawner::new(),
+        }
+    }
+
+    /// The processes of a running unit, in spec order (middleware first).
+    pub async fn processes(&self, unit: &UnitId) -> Result<Vec<ProcessStatus>, DriverError> {
+        let guard = self.lock_unit(unit).await?;
+        let Some(u) = guard.as_ref() else {
+            return Err(not_running(unit));
+        };
+        Ok(u.plans
+            .iter()
+            .zip(&u.procs)
+            .map(|(plan, p)| ProcessStatus {
+                name: plan.name.clone(),
+                layer: plan.layer,
+                pid: p
+                    .as_ref()
+                    .filter(|p| p.is_running())
+                    .and_then(|p| u32::try_from(p.pid.as_raw()).ok()),
+            })
+            .collect())
+    }
+
+    /// Stops every unit the way [`Driver::stop`] does (SIGTERM, then SIGKILL after each unit's
+    /// stop timeout). Every unit is stopped even if one fails; the first error is returned.
+    pub async fn shutdown(&self) -> Result<(), DriverError> {
+        let units: Vec<UnitId> = lock(&self.slots).keys().cloned().collect();
+        let mut first = Ok(());
+        for unit in units {
+            if let Err(e) = self.stop(&unit).await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
+    /// The slot of a unit that was started at some point; `NotRunning` otherwise.
+    async fn lock_unit(&self, unit: &UnitId) -> Result<OwnedMutexGuard<Option<Unit>>, DriverError> {
+        let slot = lock(&self.slots).get(unit).cloned();
+        match slot {
+            Some(slot) => Ok(slot.lock_owned().await),
+            None => Err(not_running(unit)),
+        }
+    }
+
+    fn set_running(&self, unit: &UnitId, running: bool) {
+        let mut set = lock(&self.running);
+        if running {
+            set.insert(unit.clone());
+        } else {
+            set.remove(unit);
+        }
+    }
+
+    /// Plans, prepares the runtime directory and spawns every process. On any error nothing
+    /// of the unit is left running and its runtime directory is gone.
+    async fn launch(&self, instance: UnitInstance) -> Result<Unit, DriverError> {
+        let plans = plan::plan(&instance)?;
+        let dir = instance.runtime_dir.clone();
+        runtime::create(&dir)?;
+        let prepared = runtime::write_role(&dir, instance.role, instance.epoch).and_then(|_| {
+            instance
+                .spec
+                .watchdog_ms
+                .map(|ms| Watchdog::bind(&dir.join(WATCHDOG_SOCKET), Duration::from_millis(ms)))
+                .transpose()
+        });
+        let watchdog = match prepared {
+            Ok(watchdog) => watchdog,
+            Err(e) => {
+                let _ = runtime::remove(&dir);
+                return Err(e);
+            }
+        };
+        let grace = Duration::from_millis(instance.spec.ready_grace_ms);
+        let monitor = Monitor::start(self.shared.clone(), instance.unit.clone(), watchdog, grace);
+        let procs = plans.iter().map(|_| None).collect();
+        let mut unit = Unit {
+            instance,
+            plans,
+            procs,
+            monitor,
+        };
+        for index in 0..unit.plans.len() {
+            if let Err(e) = self.spawn_process(&mut unit, index).await {
+                if let Err(cleanup) = self.teardown(&mut unit).await {
+                    tracing::warn!(error = %cleanup, "cleaning up after a failed start");
+                }
+                return Err(e);
+            }
+        }
+        unit.monitor.spawned(unit.exit_flags());
+        Ok(unit)
+    }
+
+    /// Spawns the process `index` of the unit (its slot must not hold a running process).
+    async fn spawn_process(&self, unit: &mut Unit, index: usize) -> Result<(), DriverError> {
+        let plan = &unit.plans[index];
+        let instance = &unit.instance;
+        let dir = &instance.runtime_dir;
+        match std::fs::metadata(&plan.cwd) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(DriverError::Io {
+                    what: "use as working dir",
+                    path: plan.cwd.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+                });
+            }
+            Err(source) => {
+                return Err(DriverError::Io {
+                    what: "use as working dir",
+                    path: plan.cwd.clone(),
+                    source,
+                });
+            }
+        }
+        let (stdout, stderr) = runtime::open_log(dir, &plan.name)?;
+        let mut command = tokio::process::Command::new(&plan.program);
+        command
+            .args(&plan.args)
+            .current_dir(&plan.cwd)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        for key in PROTOCOL_VARS {
+            command.env_remove(key);
+        }
+        command.envs(plan.env.iter().map(|(k, v)| (k, v)));
+        if let Some(ms) = instance.spec.watchdog_ms {
+            command
+                .env(env::WATCHDOG, dir.join(WATCHDOG_SOCKET))
+                .env(env::WATCHDOG_MS, ms.to_string());
+        }
+        command
+            .env(env::ROLE, runtime::role_word(instance.role))
+            .env(env::EPOCH, instance.epoch.to_string())
+            .env(env::ROLE_FILE, dir.join(ROLE_FILE))
+            .env(env::DATA_DIR, &instance.data_dir)
+            .env(env::UNIT, instance.unit.as_str())
+            .env(env::PAIR, instance.pair.as_str());
+        let spawn_error = |source| DriverError::Spawn {
+            unit: instance.unit.clone(),
+            process: plan.name.clone(),
+            program: plan.program.clone(),
+            source,
+        };
+        let child = self.spawner.spawn(command).await.map_err(spawn_error)?;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw)
+            .ok_or_else(|| spawn_error(std::io::Error::other("the new process has no pid")))?;
+        self.shared.janitor.register(pid);
+        tracing::info!(unit = %instance.unit, process = %plan.name, pid = pid.as_raw(), "spawned");
+        let supervised = Proc::supervise(
+            self.shared.clone(),
+            instance.unit.clone(),
+            plan.name.clone(),
+            plan.layer,
+            pid,
+            child,
+        );
+        unit.procs[index] = Some(supervised);
+        Ok(())
+    }
+
+    /// Stops the processes of `stop` (one batch after the other), re-arms readiness, then
+    /// spawns `spawn` in order. Processes not named keep running untouched.
+    async fn restart(
+        &self,
+        unit: &mut Unit,
+        stop: &[Vec<usize>],
+        spawn: &[usize],
+    ) -> Result<(), DriverError> {
+        let grace = unit.stop_timeout();
+        for batch in stop {
+            let procs = unit.take(batch);
+            proc::terminate(&self.shared, procs, grace).await;
+        }
+        unit.monitor.rearm().await;
+        for &index in spawn {
+            self.spawn_process(unit, index).await?;
+        }
+        unit.monitor.spawned(unit.exit_flags());
+        Ok(())
+    }
+
+    /// Stops every process (application first, then middleware) and removes the runtime dir.
+    async fn teardown(&self, unit: &mut Unit) -> Result<(), DriverError> {
+        let grace = unit.stop_timeout();
+        for layer in [Layer::Application, Layer::Middleware] {
+            let procs = unit.take(&unit.indices(layer));
+            proc::terminate(&self.shared, procs, grace).await;
+        }
+        runtime::remove(&unit.instance.runtime_dir)
+    }
+}
+
+impl Drop for ProcessDriver {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        for pgid in self.shared.janitor.groups() {
+            signal_group(pgid, Signal::SIGCONT);
+            signal_group(pgid, Signal::SIGKILL);
+        }
+        let slots = std::mem::take(&mut *lock(&self.slots));
+        for slot in slots.into_values() {
+            // No operation can be under way: they all borrow the driver.
+            if let Ok(mut guard) = slot.try_lock()
+                && let Some(unit) = guard.take()
+            {
+                for p in unit.procs.iter().flatten() {
+                    p.expect_exit();
+                }
+                if let Err(e) = runtime::remove(&unit.instance.runtime_dir) {
+                    tracing::warn!(error = %e, "dropping the process driver");
+                }
+            }
+        }
+        // The janitor kills whatever is still registered (nothing, normally), then exits.
+        self.shared.janitor.close();
+    }
+}
+
+impl Driver for ProcessDriver {
+    async fn start(&self, instance: UnitInstance) -> Result<(), DriverError> {
+        let slot = lock(&self.slots)
+            .entry(instance.unit.clone())
+            .or_default()
+            .clone();
+        let mut guard = slot.lock_owned().await;
+        let id = instance.unit.clone();
+        if let Some(mut old) = guard.take() {
+            tracing::info!(unit = %id, "start: stopping the running incarnation first");
+            self.set_running(&id, false);
+            self.teardown(&mut old).await?;
+        }
+        let unit = self.launch(instance).await?;
+        *guard = Some(unit);
+        self.set_running(&id, true);
+        Ok(())
+    }
+
+    async fn reset_process(&self, unit: &UnitId, process: Option<&str>) -> Result<(), DriverError> {
+        let mut guard = self.lock_unit(unit).await?;
+        let Some(u) = guard.as_mut() else {
+            return Err(not_running(unit));
+        };
+        match process {
+            Some(name) => {
+                let Some(index) = u.plans.iter().position(|p| p.name == name) else {
+                    let known: Vec<&str> = u.plans.iter().map(|p| p.name.as_str()).collect();
+                    return Err(DriverError::BadSpec {
+                        unit: unit.clone(),
+                        reason: format!("no process named {name:?}; it has {}", known.join(", ")),
+                    });
+                };
+                self.restart(u, &[vec![index]], &[index]).await
+            }
+            None => {
+                let down: Vec<usize> = (0..u.plans.len())
+                    .filter(|&i| !u.procs[i].as_ref().is_some_and(Proc::is_running))
+                    .collect();
+                self.restart(u, &[], &down).await
+            }
+        }
+    }
+
+    async fn restart_application(&self, unit: &UnitId) -> Result<(), DriverError> {
+        let mut guard = self.lock_unit(unit).await?;
+        let Some(u) = guard.as_mut() else {
+            return Err(not_running(unit));
+        };
+        let app = u.indices(Layer::Application);
+        self.restart(u, std::slice::from_ref(&app), &app).await
+    }
+
+    async fn restart_middleware(&self, unit: &UnitId) -> Result<(), DriverError> {
+        let mut guard = self.lock_unit(unit).await?;
+        let Some(u) = guard.as_mut() else {
+            return Err(not_running(unit));
+        };
+        let app = u.indices(Layer::Application);
+        let middleware = u.indices(Layer::Middleware);
+        let all: Vec<usize> = (0..u.plans.len()).collect();
+        self.restart(u, &[app, middleware], &all).await
+    }
+
+    async fn stop(&self, unit: &UnitId) -> Result<(), DriverError> {
+        let Ok(mut guard) = self.lock_unit(unit).await else {
+            return Ok(());
+        };
+        let Some(u) = guard.as_mut() else {
+            return Ok(());
+        };
+        let result = self.teardown(u).await;
+        *guard = None;
+        self.set_running(unit, false);
+        result
+    }
+
+    async fn set_role(&self, unit: &UnitId, role: Role, epoch: Epoch) -> Result<(), DriverError> {
+        let mut guard = self.lock_unit(unit).await?;
+        let Some(u) = guard.as_mut() else {
+            return Err(not_running(unit));
+        };
+        runtime::write_role(&u.instance.runtime_dir, role, epoch)?;
+        u.instance.role = role;
+        u.instance.epoch = epoch;
+        for pid in u.running_pids(Some(Layer::Application)) {
+            // The default action of SIGUSR1 is to terminate: a process that has not installed a
+            // handler (yet) reads the role file when it does (docs/unit-protocol.md).
+            if group::catches(pid, Signal::SIGUSR1) {
+                signal_process(pid, Signal::SIGUSR1);
+            } else {
+                tracing::debug!(unit = %unit, pid = pid.as_raw(), "no SIGUSR1 handler: not signalled");
+            }
+        }
+        Ok(())
+    }
+
+    async fn inject(&self, unit: &UnitId, kind: FaultKind) -> Result<(), DriverError> {
+        enum Act {
+            KillOneApplication,
+            KillApplication,
+            KillMiddleware,
+            Freeze,
+            KillEverything,
+        }
+        let refuse = |reason: &str| DriverError::BadSpec {
+            unit: unit.clone(),
+            reason: reason.to_owned(),
+        };
+        let act = match kind {
+            FaultKind::Process => Act::KillOneApplication,
+            FaultKind::App => Act::KillApplication,
+            FaultKind::Middleware => Act::KillMiddleware,
+            FaultKind::Watchdog => Act::Freeze,
+            FaultKind::OsPanic => Act::KillEverything,
+            FaultKind::DataCorrupt => {
+                return Err(refuse(
+                    "inject data-corrupt in the init store, not the driver",
+                ));
+            }
+            FaultKind::HostDown => {
+                return Err(refuse(
+                    "inject host-down by stopping the host's agent, not the driver",
+                ));
+            }
+        };
+        let guard = self.lock_unit(unit).await?;
+        let Some(u) = guard.as_ref() else {
+            return Err(not_running(unit));
+        };
+        let application = u.running_pids(Some(Layer::Application));
+        let everything = u.running_pids(None);
+        tracing::info!(unit = %unit, kind = %kind, "injecting a fault");
+        match act {
+            Act::KillOneApplication => {
+                let pid = application
+                    .first()
+                    .ok_or_else(|| refuse("no application process runs"))?;
+                signal_process(*pid, Signal::SIGKILL);
+            }
+            Act::KillApplication => {
+                if application.is_empty() {
+                    return Err(refuse("no application process runs"));
+                }
+                for pid in application {
+                    signal_process(pid, Signal::SIGKILL);
+                }
+            }
+            Act::KillMiddleware => {
+                let middleware = u.running_pids(Some(Layer::Middleware));
+                let pid = middleware
+                    .first()
+                    .or(application.first())
+                    .ok_or_else(|| refuse("no process runs"))?;
+                signal_process(*pid, Signal::SIGKILL);
+            }
+            Act::Freeze => {
+                for pgid in everything {
+                    signal_group(pgid, Signal::SIGSTOP);
+                }
+            }
+            Act::KillEverything => {
+                for pgid in everything {
+                    signal_group(pgid, Signal::SIGKILL);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn running(&self) -> Vec<UnitId> {
+        lock(&self.running).iter().cloned().collect()
+    }
+}
+
+fn not_running(unit: &UnitId) -> DriverError {
+    DriverError::NotRunning { unit: unit.clone() }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,122 @@
+//! The unit's runtime directory: role file, log files, cleanup.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use duplex_driver::DriverError;
+use duplex_model::{Epoch, Role};
+use serde::Serialize;
+
+use crate::ROLE_FILE;
+
+/// What the role file holds: `{"role":"act","epoch":3}`.
+#[derive(Serialize)]
+struct RoleFile {
+    role: Role,
+    epoch: Epoch,
+}
+
+/// The word for a role in the environment and the role file.
+pub(crate) fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Act => "act",
+        Role::Sby => "sby",
+        Role::None => "none",
+    }
+}
+
+/// Creates the runtime directory (and its parents).
+pub(crate) fn create(dir: &Path) -> Result<(), DriverError> {
+    fs::create_dir_all(dir).map_err(|source| DriverError::Io {
+        what: "create runtime dir",
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Removes the runtime directory and everything in it; a missing one is fine.
+pub(crate) fn remove(dir: &Path) -> Result<(), DriverError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DriverError::Io {
+            what: "remove runtime dir",
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Rewrites the role file atomically: a reader sees the old content or the new, never a mix.
+pub(crate) fn write_role(dir: &Path, role: Role, epoch: Epoch) -> Result<PathBuf, DriverError> {
+    let path = dir.join(ROLE_FILE);
+    let tmp = dir.join(format!(".{ROLE_FILE}.tmp"));
+    let body = serde_json::to_vec(&RoleFile { role, epoch }).map_err(io::Error::other);
+    let write = || -> io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&body?)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        // Make the rename itself durable.
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|source| DriverError::Io {
+        what: "write role file",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Opens `<dir>/<process>.log` for appending (stdout and stderr of the process).
+pub(crate) fn open_log(dir: &Path, process: &str) -> Result<(File, File), DriverError> {
+    let path = dir.join(format!("{process}.log"));
+    let open = || -> io::Result<(File, File)> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let clone = file.try_clone()?;
+        Ok((file, clone))
+    };
+    open().map_err(|source| DriverError::Io {
+        what: "open log file",
+        path,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_file_has_the_documented_shape_and_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_role(dir.path(), Role::Act, Epoch(3)).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{\"role\":\"act\",\"epoch\":3}\n"
+        );
+        write_role(dir.path(), Role::Sby, Epoch(4)).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{\"role\":\"sby\",\"epoch\":4}\n"
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, [ROLE_FILE], "no temporary file left");
+    }
+
+    #[test]
+    fn role_words_match_the_serialised_roles() {
+        for role in [Role::Act, Role::Sby, Role::None] {
+            assert_eq!(
+                serde_json::to_string(&role).unwrap(),
+                format!("\"{}\"", role_word(role))
+            );
+        }
+    }
+}

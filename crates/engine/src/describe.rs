@@ -1,0 +1,256 @@
+//! Human sentences for commands and notes: the simulator's timeline and the controller's
+//! event history print these.
+
+use std::fmt;
+
+use duplex_model::Role;
+
+use crate::command::Command;
+use crate::note::{Decision, Note};
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::ResetProcess(t) => write!(f, "reset process of {} on {}", t.unit, t.host),
+            Command::RestartApplication(t) => {
+                write!(f, "restart application of {} on {}", t.unit, t.host)
+            }
+            Command::RestartMiddleware(t) => {
+                write!(f, "restart middleware of {} on {}", t.unit, t.host)
+            }
+            Command::RebootOs { target, from } => {
+                write!(f, "reboot {} on {} from {from}", target.unit, target.host)
+            }
+            Command::Recreate { target, from } => {
+                write!(f, "recreate {} on {} from {from}", target.unit, target.host)
+            }
+            Command::DestroyUnit { unit, host, .. } => write!(f, "destroy {unit} on {host}"),
+            Command::StopDuplex { pair, .. } => write!(f, "stop duplex of {pair}"),
+            Command::ResumeDuplex {
+                pair,
+                act,
+                sby,
+                epoch,
+            } => {
+                write!(
+                    f,
+                    "resume duplex of {pair}: ACT {act}, SBY {sby}, epoch {epoch}"
+                )
+            }
+            Command::GrantRole {
+                unit,
+                host,
+                role: Role::None,
+                epoch,
+                ..
+            } => {
+                write!(f, "revoke the role of {unit} on {host}, epoch {epoch}")
+            }
+            Command::GrantRole {
+                unit,
+                host,
+                role,
+                epoch,
+                ..
+            } => {
+                write!(f, "grant {role} to {unit} on {host}, epoch {epoch}")
+            }
+            Command::FenceHost { host } => write!(f, "fence host {host}"),
+            Command::ArmTimer { timer, at } => {
+                write!(
+                    f,
+                    "arm {:?} timer of {} (step {}) for {at} ms",
+                    timer.kind, timer.unit, timer.op
+                )
+            }
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Ladder(p) => write!(f, "ladder at {p}"),
+            Decision::DuplexRestart(p) => {
+                write!(f, "duplex restart ({p}): first unit up becomes ACT")
+            }
+            Decision::HotTakeover(p) => write!(f, "hot takeover ({p}): promote the SBY"),
+            Decision::HostLost => f.write_str("host lost: heal elsewhere"),
+            Decision::Ignored(why) => write!(f, "ignored: {why}"),
+        }
+    }
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Note::Fault {
+                unit,
+                kind,
+                role,
+                decision,
+                ..
+            } => write!(f, "{kind} of {unit} ({role}): {decision}"),
+            Note::StepStarted {
+                unit,
+                host,
+                phase,
+                action,
+                op,
+                ..
+            } => {
+                write!(
+                    f,
+                    "{phase} {} of {unit} on {host} (step {op})",
+                    action.label()
+                )
+            }
+            Note::StepSucceeded {
+                unit,
+                host,
+                phase,
+                op,
+                ..
+            } => {
+                write!(f, "{phase} of {unit} on {host} succeeded (step {op})")
+            }
+            Note::StepFailed {
+                unit,
+                phase,
+                reason,
+                ..
+            } => write!(f, "{phase} of {unit} failed: {reason}"),
+            Note::LadderReset { unit, .. } => {
+                write!(f, "ladder of {unit} reset after a quiet probation")
+            }
+            Note::DuplexStopped { pair, epoch } => {
+                write!(f, "pair {pair} left duplex (epoch {epoch})")
+            }
+            Note::DuplexResumed {
+                pair,
+                act,
+                sby,
+                epoch,
+            } => {
+                write!(
+                    f,
+                    "pair {pair} duplex again: ACT {act}, SBY {sby}, epoch {epoch}"
+                )
+            }
+            Note::RoleGranted {
+                unit,
+                host,
+                role: Role::None,
+                epoch,
+                ..
+            } => {
+                write!(f, "{unit} on {host} loses its role at epoch {epoch}")
+            }
+            Note::RoleGranted {
+                unit,
+                host,
+                role,
+                epoch,
+                ..
+            } => {
+                write!(f, "{unit} on {host} is {role} at epoch {epoch}")
+            }
+            Note::PromotionWaitsForFence {
+                unit, waiting_for, ..
+            } => {
+                write!(
+                    f,
+                    "{unit} waits to become ACT until {} is released/fenced",
+                    waiting_for.join(", ")
+                )
+            }
+            Note::NoSpareLeft { unit, .. } => {
+                write!(
+                    f,
+                    "no spare host left for {unit}; the other unit keeps serving"
+                )
+            }
+            Note::HostQuarantined { host, until } => {
+                write!(
+                    f,
+                    "spare {host} failed a recreate: no new units there until {until} ms"
+                )
+            }
+            Note::HostLost { host } => write!(f, "host {host} lost"),
+            Note::HostFenced { host } => write!(f, "host {host} fenced"),
+            Note::HostReturned { host } => write!(f, "host {host} reachable again"),
+            Note::Ignored { what } => write!(f, "ignored: {what}"),
+            Note::Maintenance { target, on } => {
+                write!(f, "{target} maintenance {}", if *on { "on" } else { "off" })
+            }
+        }
+    }
+}
+
+impl Note {
+    /// The note's kind, as in its JSON tag (`fault`, `step-started`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Note::Fault { .. } => "fault",
+            Note::StepStarted { .. } => "step-started",
+            Note::StepSucceeded { .. } => "step-succeeded",
+            Note::StepFailed { .. } => "step-failed",
+            Note::LadderReset { .. } => "ladder-reset",
+            Note::DuplexStopped { .. } => "duplex-stopped",
+            Note::DuplexResumed { .. } => "duplex-resumed",
+            Note::RoleGranted { .. } => "role-granted",
+            Note::PromotionWaitsForFence { .. } => "promotion-waits-for-fence",
+            Note::NoSpareLeft { .. } => "no-spare-left",
+            Note::HostQuarantined { .. } => "host-quarantined",
+            Note::HostLost { .. } => "host-lost",
+            Note::HostFenced { .. } => "host-fenced",
+            Note::HostReturned { .. } => "host-returned",
+            Note::Ignored { .. } => "ignored",
+            Note::Maintenance { .. } => "maintenance",
+        }
+    }
+
+    /// The pair the note is about, if one.
+    pub fn pair(&self) -> Option<&duplex_model::PairId> {
+        match self {
+            Note::Fault { pair, .. }
+            | Note::StepStarted { pair, .. }
+            | Note::StepSucceeded { pair, .. }
+            | Note::StepFailed { pair, .. }
+            | Note::LadderReset { pair, .. }
+            | Note::DuplexStopped { pair, .. }
+            | Note::DuplexResumed { pair, .. }
+            | Note::RoleGranted { pair, .. }
+            | Note::PromotionWaitsForFence { pair, .. }
+            | Note::NoSpareLeft { pair, .. } => Some(pair),
+            Note::HostQuarantined { .. }
+            | Note::HostLost { .. }
+            | Note::HostFenced { .. }
+            | Note::HostReturned { .. }
+            | Note::Ignored { .. }
+            | Note::Maintenance { .. } => None,
+        }
+    }
+
+    /// The unit the note is about, if one.
+    pub fn unit(&self) -> Option<&duplex_model::UnitId> {
+        match self {
+            Note::Fault { unit, .. }
+            | Note::StepStarted { unit, .. }
+            | Note::StepSucceeded { unit, .. }
+            | Note::StepFailed { unit, .. }
+            | Note::LadderReset { unit, .. }
+            | Note::RoleGranted { unit, .. }
+            | Note::PromotionWaitsForFence { unit, .. }
+            | Note::NoSpareLeft { unit, .. } => Some(unit),
+            Note::DuplexStopped { .. }
+            | Note::DuplexResumed { .. }
+            | Note::HostQuarantined { .. }
+            | Note::HostLost { .. }
+            | Note::HostFenced { .. }
+            | Note::HostReturned { .. }
+            | Note::Ignored { .. }
+            | Note::Maintenance { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! What agents and the controller say to each other (HTTP/JSON, see `docs/agent-protocol.md`).
+//!
+//! An agent long-polls `POST /v1/agents/{host}/sync` (that is also its heartbeat: it renews its
+//! lease) and gets the commands queued for it; it posts what it sees to
+//! `POST /v1/agents/{host}/reports` at once.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Epoch, FaultKind, Generation, Millis, PairId, Role, UnitId, UnitSpec};
+
+/// The heartbeat and command poll of an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// A random id per agent process: a new one means the agent restarted (and runs nothing).
+    pub boot: String,
+    /// The highest command sequence number the agent has received.
+    pub acked: u64,
+    /// Units the agent runs now.
+    pub running: Vec<UnitId>,
+}
+
+/// The controller's answer to a sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncResponse {
+    /// Commands after `acked`, in order.
+    pub commands: Vec<Envelope>,
+    /// The agent must renew within this long, or stop its ACT units (self-fence).
+    pub lease_ms: Millis,
+}
+
+/// A numbered command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Per host, increasing.
+    pub seq: u64,
+    /// What to do.
+    pub command: AgentCommand,
+}
+
+/// How a recovery step treats the unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action", content = "from")]
+pub enum StepAction {
+    /// PH0.5: restart the failed process.
+    ResetProcess,
+    /// PH1.0: restart the application processes.
+    RestartApplication,
+    /// PH2.0: restart middleware and application.
+    RestartMiddleware,
+    /// PH2.5–3.5: stop everything, reload the init info of the generation, start afresh.
+    Reboot(Generation),
+    /// Build the unit here from its init info (its old incarnation elsewhere is destroyed).
+    Recreate(Generation),
+}
+
+/// Everything a host needs to know to run a unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitRef {
+    /// The pair.
+    pub pair: PairId,
+    /// The unit.
+    pub unit: UnitId,
+    /// The pair's other unit (whose init-store copy this unit's data is synced to while ACT).
+    pub peer: UnitId,
+    /// How it runs.
+    pub spec: UnitSpec,
+}
+
+/// An instruction to an agent. Every command carrying an epoch is refused when the agent has
+/// seen a newer epoch for that pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum AgentCommand {
+    /// Run a recovery step; answer `UnitUp` or `StepFailed` with `op`.
+    Step {
+        /// The unit.
+        unit: UnitRef,
+        /// The step id.
+        op: u64,
+        /// The pair's epoch.
+        epoch: Epoch,
+        /// What to do.
+        action: StepAction,
+    },
+    /// Stop and remove the unit's incarnation here; answer `Released`.
+    Destroy {
+        /// The pair.
+        pair: PairId,
+        /// The unit.
+        unit: UnitId,
+        /// The pair's epoch.
+        epoch: Epoch,
+    },
+    /// Tell the unit its role; a demotion from ACT is answered with `Released`.
+    Role {
+        /// The unit.
+        unit: UnitRef,
+        /// The role.
+        role: Role,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// The host was declared lost: stop every unit, then answer `Fenced`.
+    Fence,
+    /// Make a fault happen for real (drills, tests, demos).
+    Inject {
+        /// The unit.
+        unit: UnitId,
+        /// The fault.
+        kind: FaultKind,
+    },
+    /// Demo switch: while on, every unit started on this host fails to come up (a hardware
+    /// fault no restart can fix).
+    SetFaulty {
+        /// On or off.
+        on: bool,
+    },
+}
+
+impl AgentCommand {
+    /// The pair and epoch the command is fenced by, if any.
+    pub fn fencing(&self) -> Option<(&PairId, Epoch)> {
+        match self {
+            AgentCommand::Step { unit, epoch, .. } | AgentCommand::Role { unit, epoch, .. } => {
+                Some((&unit.pair, *epoch))
+            }
+            AgentCommand::Destroy { pair, epoch, .. } => Some((pair, *epoch)),
+            AgentCommand::Fence | AgentCommand::Inject { .. } | AgentCommand::SetFaulty { .. } => {
+                None
+            }
+        }
+    }
+}
+
+/// Something an agent reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "report", rename_all = "kebab-case")]
+pub enum AgentReport {
+    /// Step `op` brought the unit up.
+    UnitUp {
+        /// The unit.
+        unit: UnitId,
+        /// The step.
+        op: u64,
+    },
+    /// Step `op` failed.
+    StepFailed {
+        /// The unit.
+        unit: UnitId,
+        /// The step.
+        op: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The unit's incarnation here no longer serves (destroyed or demoted).
+    Released {
+        /// The unit.
+        unit: UnitId,
+    },
+    /// The unit failed.
+    Fault {
+        /// The unit.
+        unit: UnitId,
+        /// What failed.
+        kind: FaultKind,
+        /// Details (process name, exit status, …).
+        detail: String,
+    },
+    /// Everything on this host is stopped, as the `Fence` command asked.
+    Fenced,
+    /// A command was not executed.
+    Refused {
+        /// Its sequence number.
+        seq: u64,
+        /// Why (stale epoch, unknown unit, …).
+        reason: String,
+    },
+}
+
+/// A batch of reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatch {
+    /// The agent process's boot id.
+    pub boot: String,
+    /// The reports, oldest first.
+    pub reports: Vec<AgentReport>,
+}

@@ -1,0 +1,1136 @@
+//! The init store (the seed's "external disk"): per unit, its application bundle and its user
+//! data in generations — `current` (kept in sync from the ACT), `LAF` (periodic backups) and
+//! `REF` (the initial data set). A directory tree: local, or a shared NFS/Ceph mount.
+//!
+//! # Layout
+//!
+//! ```text
+//! ROOT/FORMAT                         "duplex-init-store 1"
+//! ROOT/units/UNIT/LOCK                per-unit lock file (flock: writers exclusive, readers shared)
+//! ROOT/units/UNIT/HEAD                pointer file: which generation is current, REF, LAF (JSON)
+//! ROOT/units/UNIT/bundle/             the application bundle (optional, immutable)
+//! ROOT/units/UNIT/gens/SEQ/MANIFEST   entries (dirs, files with size + sha256, symlinks), JSON
+//! ROOT/units/UNIT/gens/SEQ/data/...   the files of generation SEQ (immutable once published)
+//! ROOT/units/UNIT/tmp/                generations being written (emptied on open and per write)
+//! ```
+//!
+//! # Crash safety
+//!
+//! A generation is written into `tmp/SEQ` (every file and directory fsynced), its `MANIFEST` is
+//! written last and fsynced, the directory is renamed to `gens/SEQ` (and `gens/` fsynced), and
+//! only then is it published by replacing `HEAD` atomically (`HEAD.tmp`, fsync, rename, fsync
+//! the unit directory). `HEAD` also records each generation's `MANIFEST` checksum. A crash at
+//! any point leaves the old `HEAD`, which references only complete generations; what the crash
+//! left behind (`tmp/*`, `HEAD.tmp`, unreferenced `gens/SEQ`) is removed under the unit's lock.
+
+mod builder;
+mod format;
+mod fsx;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use duplex_model::{Generation, UnitId};
+use serde::{Deserialize, Serialize};
+
+use builder::GenBuilder;
+use format::{Entry, Found, FoundKind, GenRef, Head, Manifest, ScanError, join_rel};
+use fsx::{Copied, Stamp};
+
+/// What `ROOT/FORMAT` holds.
+const STORE_FORMAT: &str = "duplex-init-store 1";
+
+/// A cached hash is trusted only for files last changed this long before they were hashed
+/// (a change within the same timestamp tick would otherwise go unseen).
+const RACY_NS: i128 = 2_000_000_000;
+
+/// Something the init store could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum InitStoreError {
+    /// The root directory could not be created or prepared.
+    #[error(
+        "cannot prepare the init store at {root}: check that the path (or the shared mount) exists and is writable"
+    )]
+    OpenRoot {
+        /// The root.
+        root: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The root holds something that is not an init store of this version.
+    #[error(
+        "{path} says {found:?}, expected {STORE_FORMAT:?}: this directory is not a duplex init store of this version; point the init store at another directory"
+    )]
+    Format {
+        /// The `FORMAT` file.
+        path: PathBuf,
+        /// What it says.
+        found: String,
+    },
+    /// A unit name that cannot be used as a directory name.
+    #[error("unit name {unit:?} cannot be stored: {reason}; use letters, digits, '-', '_' and '.'")]
+    BadUnitName {
+        /// The unit.
+        unit: UnitId,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The unit was never provisioned in this store.
+    #[error(
+        "unit {unit} is not provisioned in the init store at {root}: provision it first (duplex does so at start for every configured unit)"
+    )]
+    UnknownUnit {
+        /// The unit.
+        unit: UnitId,
+        /// The store's root.
+        root: PathBuf,
+    },
+    /// The unit's lock file could not be opened or locked.
+    #[error(
+        "cannot lock {path} for unit {unit}: check that the init store is writable and supports file locks (NFS: NFSv4 or lockd)"
+    )]
+    Lock {
+        /// The unit.
+        unit: UnitId,
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A source directory (data template, bundle, data directory) could not be read.
+    #[error("cannot read {path}: check that it exists and is readable")]
+    ReadSource {
+        /// Where reading failed.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A source that must be a directory is not one.
+    #[error("{path} is not a directory: give the directory whose files are to be stored")]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A name in a source directory is not UTF-8, so a `MANIFEST` cannot list it.
+    #[error(
+        "{path} has a name (or symlink target) that is not UTF-8: rename it so it can be stored"
+    )]
+    NonUtf8Name {
+        /// The entry.
+        path: PathBuf,
+    },
+    /// Reading a file of the store failed.
+    #[error(
+        "cannot read {path} of unit {unit} in the init store: check the mount and its permissions"
+    )]
+    Read {
+        /// The unit.
+        unit: UnitId,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing into the store failed; the unit's previous generations are intact.
+    #[error(
+        "cannot write {path} of unit {unit} in the init store: check free space, the mount and its permissions (the previous generation is intact)"
+    )]
+    Write {
+        /// The unit.
+        unit: UnitId,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The unit's `HEAD` pointer cannot be read as one; nothing was changed.
+    #[error(
+        "the generation pointer {path} of unit {unit} is unreadable: {reason}; nothing was changed: restore it from a backup of the init store, or remove the unit's directory and provision it again"
+    )]
+    CorruptHead {
+        /// The unit.
+        unit: UnitId,
+        /// The `HEAD` file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A stored generation does not match its `MANIFEST` (torn, damaged, or tampered with); it
+    /// was not loaded.
+    #[error(
+        "the {generation} generation of unit {unit} is corrupt at {path}: {reason}; it was not used: restore another generation (LAF or REF) of the unit"
+    )]
+    Corrupt {
+        /// The unit.
+        unit: UnitId,
+        /// Which generation.
+        generation: Generation,
+        /// The damaged file (or its `MANIFEST`).
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// A restore of LAF was asked for a unit without any backup.
+    #[error(
+        "unit {unit} has no LAF backup yet: take a backup first, or restore its current or REF generation"
+    )]
+    NoLaf {
+        /// The unit.
+        unit: UnitId,
+    },
+    /// A backup was asked to keep no backup at all.
+    #[error("cannot keep 0 LAF backups of unit {unit}: give keep >= 1")]
+    KeepZero {
+        /// The unit.
+        unit: UnitId,
+    },
+    /// The restored files could not be written into the target directory.
+    #[error("cannot write the restored files into {path}: check that it is writable and has room")]
+    WriteTarget {
+        /// Where writing failed.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One stored generation of a unit's data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationInfo {
+    /// Which generation it is.
+    pub generation: Generation,
+    /// Its sequence number (grows with every generation written for the unit).
+    pub seq: u64,
+    /// When it was written (ms since the Unix epoch).
+    pub created_unix_ms: u64,
+    /// How many regular files it holds.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Source entries that were not stored (sockets, fifos, devices), e.g. `run/app.sock
+    /// (socket)`.
+    pub skipped: Vec<String>,
+}
+
+/// What the init store holds for a unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStoreInfo {
+    /// The unit.
+    pub unit: UnitId,
+    /// Its current data.
+    pub current: GenerationInfo,
+    /// Its initial data set.
+    pub reference: GenerationInfo,
+    /// Its backups, newest first.
+    pub laf: Vec<GenerationInfo>,
+    /// Its application bundle, if it has one.
+    pub bundle: Option<PathBuf>,
+}
+
+/// What [`InitStore::provision`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provisioned {
+    /// The unit was new: its REF, current and bundle were written.
+    Created,
+    /// The unit was already provisioned and was left as is.
+    AlreadyProvisioned,
+}
+
+/// A hash computed earlier for a source file (see [`RACY_NS`]).
+#[derive(Clone, Debug)]
+struct Cached {
+    stamp: Stamp,
+    sha256: String,
+    hashed_at_ns: i128,
+}
+
+impl Cached {
+    fn trusted_for(&self, stamp: &Stamp) -> bool {
+        self.stamp == *stamp
+            && stamp.mtime_ns < self.hashed_at_ns - RACY_NS
+            && stamp.ctime_ns < self.hashed_at_ns - RACY_NS
+    }
+}
+
+/// The init store: per-unit bundles and data generations under one root directory.
+///
+/// Every method blocks on file I/O (call it from a blocking thread in async code). Writers of
+/// one unit exclude each other through the unit's lock file, across threads and processes.
+pub struct InitStore {
+    root: PathBuf,
+    units: PathBuf,
+    /// Hashes of source files by unit and relative path, so an unchanged data directory is
+    /// saved without reading it.
+    cache: Mutex<HashMap<UnitId, HashMap<String, Cached>>>,
+}
+
+impl fmt::Debug for InitStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InitStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The directory of one unit.
+struct UnitDir {
+    id: UnitId,
+    dir: PathBuf,
+}
+
+impl UnitDir {
+    fn head(&self) -> PathBuf {
+        self.dir.join("HEAD")
+    }
+    fn lock_file(&self) -> PathBuf {
+        self.dir.join("LOCK")
+    }
+    fn gens(&self) -> PathBuf {
+        self.dir.join("gens")
+    }
+    fn tmp(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+    fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+    fn gen_dir(&self, seq: u64) -> PathBuf {
+        self.gens().join(seq_name(seq))
+    }
+    fn write_err(&self, path: &Path) -> impl FnOnce(io::Error) -> InitStoreError + use<> {
+        let (unit, path) = (self.id.clone(), path.to_path_buf());
+        move |source| InitStoreError::Write { unit, path, source }
+    }
+    fn read_err(&self, path: &Path) -> impl FnOnce(io::Error) -> InitStoreError + use<> {
+        let (unit, path) = (self.id.clone(), path.to_path_buf());
+        move |source| InitStoreError::Read { unit, path, source }
+    }
+    fn corrupt(&self, generation: Generation, path: &Path, reason: String) -> InitStoreError {
+        InitStoreError::Corrupt {
+            unit: self.id.clone(),
+            generation,
+            path: path.to_path_buf(),
+            reason,
+        }
+    }
+}
+
+fn seq_name(seq: u64) -> String {
+    format!("{seq:012}")
+}
+
+/// A held lock on a unit; released when dropped (the file is closed).
+#[derive(Debug)]
+struct UnitLock {
+    _file: File,
+}
+
+fn check_unit_name(unit: &UnitId) -> Result<(), &'static str> {
+    let s = unit.as_str();
+    if s.is_empty() {
+        Err("it is empty")
+    } else if s.len() > 200 {
+        Err("it is longer than 200 bytes")
+    } else if s.starts_with('.') {
+        Err("it starts with '.'")
+    } else if s.contains(['/', '\\', '\0']) {
+        Err("it contains '/', '\\' or NUL")
+    } else {
+        Ok(())
+    }
+}
+
+fn scan_source(path: &Path) -> Result<(Vec<Found>, Vec<String>), InitStoreError> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(InitStoreError::NotADirectory {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(source) => {
+            return Err(InitStoreError::ReadSource {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    format::scan(path).map_err(|e| match e {
+        ScanError::Io(path, source) => InitStoreError::ReadSource { path, source },
+        ScanError::NonUtf8(path) => InitStoreError::NonUtf8Name { path },
+    })
+}
+
+impl InitStore {
+    /// Opens the store at `root`, creating it if needed, and removes what crashed writers left
+    /// behind (temporary generations, pointer temp files, unreferenced generations) in every
+    /// unit nobody is writing right now. That cleanup is best effort: each write cleans its
+    /// unit again under the lock.
+    pub fn open(root: impl AsRef<Path>) -> Result<InitStore, InitStoreError> {
+        let root = root.as_ref().to_path_buf();
+        let open_err = |source| InitStoreError::OpenRoot {
+            root: root.clone(),
+            source,
+        };
+        fsx::create_dir_durable(&root).map_err(open_err)?;
+        let format_file = root.join("FORMAT");
+        match fs::read_to_string(&format_file) {
+            Ok(found) if found.trim() == STORE_FORMAT => {}
+            Ok(found) => {
+                return Err(InitStoreError::Format {
+                    path: format_file,
+                    found: found.trim().to_owned(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let written =
+                    fsx::replace_durable(&root, "FORMAT", format!("{STORE_FORMAT}\n").as_bytes());
+                // Another host may have created the store at the same moment.
+                let raced = fs::read_to_string(&format_file)
+                    .is_ok_and(|found| found.trim() == STORE_FORMAT);
+                if !raced {
+                    written.map_err(open_err)?;
+                }
+            }
+            Err(e) => return Err(open_err(e)),
+        }
+        let units = root.join("units");
+        fsx::create_dir_durable(&units).map_err(open_err)?;
+        let store = InitStore {
+            root,
+            units,
+            cache: Mutex::new(HashMap::new()),
+        };
+        store.recover_all();
+        Ok(store)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Best-effort cleanup of every unit whose lock is free.
+    fn recover_all(&self) {
+        let Ok(rd) = fs::read_dir(&self.units) else {
+            return;
+        };
+        for entry in rd.flatten() {
+            let Some(name) = entry.file_name().to_str().map(UnitId::new) else {
+                continue;
+            };
+            let Ok(u) = self.unit_dir(&name) else {
+                continue;
+            };
+            if !u.dir.is_dir() {
+                continue;
+            }
+            let Ok(file) = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(u.lock_file())
+            else {
+                continue;
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock | TryLockError::Error(_)) => continue,
+            }
+            let _lock = UnitLock { _file: file };
+            if self.clean_tmp(&u).is_err() {
+                continue;
+            }
+            // Only collect garbage when HEAD says what is referenced: an unreadable HEAD keeps
+            // every generation for an operator to look at.
+            if let Ok(Some(head)) = self.read_head(&u) {
+                let _ = self.collect_garbage(&u, &head);
+            }
+        }
+    }
+
+    fn unit_dir(&self, unit: &UnitId) -> Result<UnitDir, InitStoreError> {
+        check_unit_name(unit).map_err(|reason| InitStoreError::BadUnitName {
+            unit: unit.clone(),
+            reason,
+        })?;
+        Ok(UnitDir {
+            id: unit.clone(),
+            dir: self.units.join(unit.as_str()),
+        })
+    }
+
+    fn unknown(&self, unit: &UnitId) -> InitStoreError {
+        InitStoreError::UnknownUnit {
+            unit: unit.clone(),
+            root: self.root.clone(),
+        }
+    }
+
+    /// The unit's directory, which must hold a `HEAD` (a provisioned unit).
+    fn provisioned(&self, unit: &UnitId) -> Result<UnitDir, InitStoreError> {
+        let u = self.unit_dir(unit)?;
+        if !u.head().exists() {
+            return Err(self.unknown(unit));
+        }
+        Ok(u)
+    }
+
+    fn lock(&self, u: &UnitDir, exclusive: bool) -> Result<UnitLock, InitStoreError> {
+        let path = u.lock_file();
+        let lock_err = |source| InitStoreError::Lock {
+            unit: u.id.clone(),
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_err)?;
+        if exclusive {
+            file.lock().map_err(lock_err)?;
+        } else {
+            file.lock_shared().map_err(lock_err)?;
+        }
+        Ok(UnitLock { _file: file })
+    }
+
+    /// Reads the unit's `HEAD`; `None` when it has none (not provisioned).
+    fn read_head(&self, u: &UnitDir) -> Result<Option<Head>, InitStoreError> {
+        let path = u.head();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(u.read_err(&path)(e)),
+        };
+        let bad = |reason: String| InitStoreError::CorruptHead {
+            unit: u.id.clone(),
+            path: path.clone(),
+            reason,
+        };
+        let head: Head = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if head.format != format::HEAD_FORMAT {
+            return Err(bad(format!(
+                "format {:?}, expected {:?}",
+                head.format,
+                format::HEAD_FORMAT
+            )));
+        }
+        if head.unit != u.id.as_str() {
+            return Err(bad(format!("it belongs to unit {:?}", head.unit)));
+        }
+        if head.referenced().iter().any(|s| *s >= head.next_seq) {
+            return Err(bad(format!(
+                "it references a generation at or above next_seq {}",
+                head.next_seq
+            )));
+        }
+        Ok(Some(head))
+    }
+
+    fn write_head(&self, u: &UnitDir, head: &Head) -> Result<(), InitStoreError> {
+        let bytes = serde_json::to_vec_pretty(head).expect("HEAD serialises");
+        fsx::replace_durable(&u.dir, "HEAD", &bytes).map_err(u.write_err(&u.head()))
+    }
+
+    /// Reads a generation's `MANIFEST` and checks it against `HEAD`'s checksum.
+    fn read_manifest(
+        &self,
+        u: &UnitDir,
+        generation: Generation,
+        r: &GenRef,
+    ) -> Result<Manifest, InitStoreError> {
+        let path = u.gen_dir(r.seq).join("MANIFEST");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(u.corrupt(
+                    generation,
+                    &path,
+                    "its MANIFEST is missing (the generation is torn or was removed)".into(),
+                ));
+            }
+            Err(e) => return Err(u.read_err(&path)(e)),
+        };
+        let sum = fsx::sha256_hex(&bytes);
+        if sum != r.manifest_sha256 {
+            return Err(u.corrupt(
+                generation,
+                &path,
+                format!(
+                    "the MANIFEST's sha256 is {sum}, HEAD recorded {}",
+                    r.manifest_sha256
+                ),
+            ));
+        }
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| u.corrupt(generation, &path, format!("unreadable MANIFEST: {e}")))?;
+        if m.format != format::MANIFEST_FORMAT || m.seq != r.seq || m.unit != u.id.as_str() {
+            return Err(u.corrupt(
+                generation,
+                &path,
+                format!(
+                    "the MANIFEST is of format {:?}, unit {:?}, generation {}: expected {:?}, {:?}, {}",
+                    m.format,
+                    m.unit,
+                    m.seq,
+                    format::MANIFEST_FORMAT,
+                    u.id.as_str(),
+                    r.seq
+                ),
+            ));
+        }
+        m.check_paths()
+            .map_err(|reason| u.corrupt(generation, &path, reason))?;
+        Ok(m)
+    }
+
+    /// Checks every file of a generation against its `MANIFEST`.
+    fn verify_files(
+        &self,
+        u: &UnitDir,
+        generation: Generation,
+        seq: u64,
+        m: &Manifest,
+    ) -> Result<(), InitStoreError> {
+        let data = u.gen_dir(seq).join("data");
+        for e in &m.entries {
+            let Entry::File {
+                path, size, sha256, ..
+            } = e
+            else {
+                continue;
+            };
+            let file = join_rel(&data, path);
+            let mut src = open_stored(u, generation, &file)?;
+            let c = fsx::copy_hashed(&mut src, None)
+                .map_err(|e| e.split(u.read_err(&file), u.write_err(&file)))?;
+            check_copied(u, generation, &file, &c, *size, sha256)?;
+        }
+        Ok(())
+    }
+
+    /// Empties `tmp/` and removes a leftover `HEAD.tmp` (call with the unit locked
+    /// exclusively: then nothing there belongs to a live writer).
+    fn clean_tmp(&self, u: &UnitDir) -> Result<(), InitStoreError> {
+        let tmp = u.tmp();
+        if tmp.exists() {
+            fsx::empty_dir(&tmp).map_err(u.write_err(&tmp))?;
+        }
+        let head_tmp = u.dir.join("HEAD.tmp");
+        fsx::remove_any(&head_tmp).map_err(u.write_err(&head_tmp))
+    }
+
+    /// Removes every generation `head` does not reference.
+    fn collect_garbage(&self, u: &UnitDir, head: &Head) -> Result<(), InitStoreError> {
+        let keep: Vec<String> = head.referenced().into_iter().map(seq_name).collect();
+        let gens = u.gens();
+        let rd = match fs::read_dir(&gens) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(u.read_err(&gens)(e)),
+        };
+        for entry in rd {
+            let entry = entry.map_err(u.read_err(&gens))?;
+            if keep.iter().any(|k| entry.file_name() == k.as_str()) {
+                continue;
+            }
+            let path = entry.path();
+            fsx::remove_any(&path).map_err(u.write_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `head` and drops what it no longer references.
+    fn publish(&self, u: &UnitDir, head: &Head) -> Result<(), InitStoreError> {
+        self.write_head(u, head)?;
+        self.collect_garbage(u, head)
+    }
+
+    /// Provisions a unit: when it is unknown, copies `data_template` (or nothing) as its REF
+    /// generation and again as its current one, and copies `bundle` as its application bundle.
+    /// A provisioned unit is left as is.
+    pub fn provision(
+        &self,
+        unit: &UnitId,
+        data_template: Option<&Path>,
+        bundle: Option<&Path>,
+    ) -> Result<Provisioned, InitStoreError> {
+        let u = self.unit_dir(unit)?;
+        fsx::create_dir_durable(&u.dir).map_err(u.write_err(&u.dir))?;
+        let _lock = self.lock(&u, true)?;
+        if self.read_head(&u)?.is_some() {
+            return Ok(Provisioned::AlreadyProvisioned);
+        }
+        // Whatever is here is from a provisioning that crashed before publishing HEAD.
+        self.clean_tmp(&u)?;
+        for dir in [u.gens(), u.bundle()] {
+            fsx::remove_any(&dir).map_err(u.write_err(&dir))?;
+        }
+        for dir in [u.gens(), u.tmp()] {
+            fsx::create_dir_durable(&dir).map_err(u.write_err(&dir))?;
+        }
+        if let Some(bundle) = bundle {
+            self.write_bundle(&u, bundle)?;
+        }
+        let mut b = GenBuilder::new(&u, 1)?;
+        if let Some(template) = data_template {
+            let (found, skipped) = scan_source(template)?;
+            b.skipped = skipped;
+            for f in found {
+                b.add_found(f)?;
+            }
+        }
+        let (reference, ref_manifest) = b.finish("template")?;
+        let mut b = GenBuilder::new(&u, 2)?;
+        b.copy_generation(&u, Generation::Ref, 1, &ref_manifest, None)?;
+        let (current, _) = b.finish("REF")?;
+        let head = Head {
+            format: format::HEAD_FORMAT.into(),
+            unit: u.id.as_str().into(),
+            next_seq: 3,
+            current,
+            reference,
+            laf: Vec::new(),
+        };
+        self.publish(&u, &head)?;
+        Ok(Provisioned::Created)
+    }
+
+    /// Copies an application bundle to `bundle/` (through `tmp/bundle`, fsynced, renamed).
+    fn write_bundle(&self, u: &UnitDir, src: &Path) -> Result<(), InitStoreError> {
+        let (found, _skipped) = scan_source(src)?;
+        let tmp = u.tmp().join("bundle");
+        fs::create_dir(&tmp).map_err(u.write_err(&tmp))?;
+        let mut dirs = vec![(tmp.clone(), 0o755)];
+        for f in found {
+            let dst = join_rel(&tmp, &f.rel);
+            match f.kind {
+                FoundKind::Dir { mode } => {
+                    fs::create_dir(&dst).map_err(u.write_err(&dst))?;
+                    dirs.push((dst, mode));
+                }
+                FoundKind::File { mode, .. } => {
+                    let mut file =
+                        File::open(&f.abs).map_err(|source| InitStoreError::ReadSource {
+                            path: f.abs.clone(),
+                            source,
+                        })?;
+                    fsx::copy_hashed(&mut file, Some((&dst, true))).map_err(|e| {
+                        e.split(
+                            |source| InitStoreError::ReadSource {
+                                path: f.abs.clone(),
+                                source,
+                            },
+                            u.write_err(&dst),
+                        )
+                    })?;
+                    fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
+                        .map_err(u.write_err(&dst))?;
+                }
+                FoundKind::Symlink { target } => {
+                    std::os::unix::fs::symlink(target, &dst).map_err(u.write_err(&dst))?;
+                }
+            }
+        }
+        for (dir, mode) in dirs.iter().rev() {
+            fsx::fsync_dir(dir).map_err(u.write_err(dir))?;
+            // The owner keeps rwx so the store can remove it again.
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700))
+                .map_err(u.write_err(dir))?;
+        }
+        let bundle = u.bundle();
+        fs::rename(&tmp, &bundle).map_err(u.write_err(&bundle))?;
+        fsx::fsync_dir(&u.dir).map_err(u.write_err(&u.dir))
+    }
+
+    /// Snapshots `from_dir` (recursively: directories, regular files and symlinks; sockets,
+    /// fifos and devices are skipped and listed) as the unit's new current generation. When
+    /// nothing changed since the current generation, nothing is written and it is returned.
+    pub fn save_current(
+        &self,
+        unit: &UnitId,
+        from_dir: &Path,
+    ) -> Result<GenerationInfo, InitStoreError> {
+        let u = self.provisioned(unit)?;
+        let _lock = self.lock(&u, true)?;
+        let head = self.read_head(&u)?.ok_or_else(|| self.unknown(unit))?;
+        self.clean_tmp(&u)?;
+        // A damaged current is replaced, not compared with.
+        let prev = self
+            .read_manifest(&u, Generation::Current, &head.current)
+            .ok();
+        let (found, skipped) = scan_source(from_dir)?;
+        let old_cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(unit)
+            .unwrap_or_default();
+        let known = |f: &Found| match &f.kind {
+            FoundKind::File { stamp, .. } => old_cache
+                .get(&f.rel)
+                .filter(|c| c.trusted_for(stamp))
+                .map(|c| c.sha256.clone()),
+            FoundKind::Dir { .. } | FoundKind::Symlink { .. } => None,
+        };
+        // Fast path: every file's hash is known and the listing equals the current manifest.
+        if let Some(prev) = &prev {
+            let listed: Option<Vec<Entry>> = found
+                .iter()
+                .map(|f| match &f.kind {
+                    FoundKind::Dir { mode } => Some(Entry::Dir {
+                        path: f.rel.clone(),
+                        mode: *mode,
+                    }),
+                    FoundKind::Symlink { target } => Some(Entry::Symlink {
+                        path: f.rel.clone(),
+                        target: target.clone(),
+                    }),
+                    FoundKind::File { mode, stamp } => known(f).map(|sha256| Entry::File {
+                        path: f.rel.clone(),
+                        mode: *mode,
+                        size: stamp.size,
+                        sha256,
+                    }),
+                })
+                .collect();
+            if listed.as_ref() == Some(&prev.entries) && skipped == prev.skipped {
+                self.cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(unit.clone(), old_cache);
+                return Ok(gen_info(Generation::Current, &head.current));
+            }
+        }
+        let prev_files: HashMap<&str, (u64, &str)> = prev
+            .iter()
+            .flat_map(|m| m.entries.iter())
+            .filter_map(|e| match e {
+                Entry::File {
+                    path, size, sha256, ..
+                } => Some((path.as_str(), (*size, sha256.as_str()))),
+                Entry::Dir { .. } | Entry::Symlink { .. } => None,
+            })
+            .collect();
+        let prev_data = u.gen_dir(head.current.seq).join("data");
+        let mut new_cache = HashMap::new();
+        let mut b = GenBuilder::new(&u, head.next_seq)?;
+        b.skipped = skipped;
+        for f in found {
+            let FoundKind::File { mode, stamp } = f.kind else {
+                b.add_found(f)?;
+                continue;
+            };
+            // Unchanged file (hash known and equal): link the previous current's copy.
+            if let Some(sha) = known(&f)
+                && prev_files.get(f.rel.as_str()) == Some(&(stamp.size, sha.as_str()))
+                && b.link(
+                    &f.rel,
+                    mode,
+                    &join_rel(&prev_data, &f.rel),
+                    stamp.size,
+                    &sha,
+                )
+            {
+                if let Some(c) = old_cache.get(&f.rel) {
+                    new_cache.insert(f.rel.clone(), c.clone());
+                }
+                continue;
+            }
+            let mut src = match File::open(&f.abs) {
+                Ok(src) => src,
+                // Removed since the scan: the live directory no longer has it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(InitStoreError::ReadSource {
+                        path: f.abs.clone(),
+                        source,
+                    });
+                }
+            };
+            let started = fsx::unix_ns();
+            let c = b.copy_file(&f.rel, mode, &mut src, |source| {
+                InitStoreError::ReadSource {
+                    path: f.abs.clone(),
+                    source,
+                }
+            })?;
+            if c.before == c.after {
+                new_cache.insert(
+                    f.rel.clone(),
+                    Cached {
+                        stamp: c.after,
+                        sha256: c.sha256,
+                        hashed_at_ns: started,
+                    },
+                );
+            }
+        }
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(unit.clone(), new_cache);
+        if let Some(prev) = &prev
+            && b.entries == prev.entries
+            && b.skipped == prev.skipped
+        {
+            return Ok(gen_info(Generation::Current, &head.current));
+        }
+        let (current, _) = b.finish("save")?;
+        let head = Head {
+            next_seq: head.next_seq + 1,
+            current,
+            ..head
+        };
+        self.publish(&u, &head)?;
+        Ok(gen_info(Generation::Current, &head.current))
+    }
+
+    /// Makes `to`'s current generation a copy of `from`'s (the ACT → SBY sync). Compares the
+    /// manifests first: when they are equal nothing is read or written. Otherwise files whose
+    /// content `to` already holds are linked from its previous current, the rest copied from
+    /// `from` and checked against `from`'s manifest on the way (a damaged source is reported as
+    /// [`InitStoreError::Corrupt`] and not propagated).
+    pub fn sync(&self, from: &UnitId, to: &UnitId) -> Result<GenerationInfo, InitStoreError> {
+        let src = self.provisioned(from)?;
+        let dst = self.provisioned(to)?;
+        if from == to {
+            let _lock = self.lock(&src, false)?;
+            let head = self.read_head(&src)?.ok_or_else(|| self.unknown(from))?;
+            return Ok(gen_info(Generation::Current, &head.current));
+        }
+        // Lock in name order so that two opposite syncs cannot deadlock.
+        let (_first, _second) = if from < to {
+            let a = self.lock(&src, false)?;
+            (a, self.lock(&dst, true)?)
+        } else {
+            let b = self.lock(&dst, true)?;
+            (b, self.lock(&src, false)?)
+        };
+        let src_head = self.read_head(&src)?.ok_or_else(|| self.unknown(from))?;
+        let dst_head = self.read_head(&dst)?.ok_or_else(|| self.unknown(to))?;
+        self.clean_tmp(&dst)?;
+        let src_manifest = self.read_manifest(&src, Generation::Current, &src_head.current)?;
+        let prev = self
+            .read_manifest(&dst, Generation::Current, &dst_head.current)
+            .ok();
+        if let Some(prev) = &prev
+            && prev.entries == src_manifest.entries
+            && prev.skipped == src_manifest.skipped
+        {
+            return Ok(gen_info(Generation::Current, &dst_head.current));
+        }
+        let prev_data = dst.gen_dir(dst_head.current.seq).join("data");
+        let link_from = prev.as_ref().map(|m| (prev_data.as_path(), m));
+        let mut b = GenBuilder::new(&dst, dst_head.next_seq)?;
+        b.skipped = src_manifest.skipped.clone();
+        b.copy_generation(
+            &src,
+            Generation::Current,
+            src_head.current.seq,
+            &src_manifest,
+            link_from,
+        )?;
+        let (current, _) = b.finish(&format!("sync from {from}"))?;
+        let head = Head {
+            next_seq: dst_head.next_seq + 1,
+            current,
+            ..dst_head
+        };
+        self.publish(&dst, &head)?;
+        Ok(gen_info(Generation::Current, &head.current))
+    }
+
+    /// Takes a LAF backup: a full copy of the current generation (checked against its manifest
+    /// on the way), then keeps only the newest `keep` backups.
+    pub fn backup(&self, unit: &UnitId, keep: usize) -> Result<GenerationInfo, InitStoreError> {
+        let u = self.provisioned(unit)?;
+        if keep == 0 {
+            return Err(InitStoreError::KeepZero { unit: unit.clone() });
+        }
+        let _lock = self.lock(&u, true)?;
+        let head = self.read_head(&u)?.ok_or_else(|| self.unknown(unit))?;
+        self.clean_tmp(&u)?;
+        let m = self.read_manifest(&u, Generation::Current, &head.current)?;
+        let mut b = GenBuilder::new(&u, head.next_seq)?;
+        b.skipped = m.skipped.clone();
+        b.copy_generation(&u, Generation::Current, head.current.seq, &m, None)?;
+        let (laf, _) = b.finish("backup")?;
+        let mut lafs = vec![laf];
+        lafs.extend(head.laf.iter().cloned());
+        lafs.truncate(keep);
+        let head = Head {
+            next_seq: head.next_seq + 1,
+            laf: lafs,
+            ..head
+        };
+        self.publish(&u, &head)?;
+        Ok(gen_info(Generation::Laf, &head.laf[0]))
+    }
+
+    /// Writes a generation of the unit into `into` (created if missing), replacing what it
+    /// held. `Laf` is the newest backup. Every file is checked against the generation's
+    /// manifest first: a damaged generation gives [`InitStoreError::Corrupt`] and leaves `into`
+    /// untouched. `into` is a working copy: it is not fsynced.
+    pub fn restore(
+        &self,
+        unit: &UnitId,
+        generation: Generation,
+        into: &Path,
+    ) -> Result<GenerationInfo, InitStoreError> {
+        let u = self.provisioned(unit)?;
+        let _lock = self.lock(&u, false)?;
+        let head = self.read_head(&u)?.ok_or_else(|| self.unknown(unit))?;
+        let r = match generation {
+            Generation::Current => &head.current,
+            Generation::Ref => &head.reference,
+            Generation::Laf => head
+                .laf
+                .first()
+                .ok_or_else(|| InitStoreError::NoLaf { unit: unit.clone() })?,
+        };
+        let m = self.read_manifest(&u, generation, r)?;
+        self.verify_files(&u, generation, r.seq, &m)?;
+        let target_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| InitStoreError::WriteTarget { path, source }
+        };
+        fsx::empty_dir(into).map_err(target_err(into))?;
+        let data = u.gen_dir(r.seq).join("data");
+        let mut dirs = Vec::new();
+        for e in &m.entries {
+            let dst = join_rel(into, e.path());
+            match e {
+                Entry::Dir { mode, .. } => {
+                    fs::create_dir(&dst).map_err(target_err(&dst))?;
+                    dirs.push((dst, *mode));
+                }
+                Entry::File {
+                    path,
+                    mode,
+                    size,
+                    sha256,
+                } => {
+                    let file = join_rel(&data, path);
+                    let mut src = open_stored(&u, generation, &file)?;
+                    let c = fsx::copy_hashed(&mut src, Some((&dst, false)))
+                        .map_err(|e| e.split(u.read_err(&file), target_err(&dst)))?;
+                    check_copied(&u, generation, &file, &c, *size, sha256)?;
+                    fs::set_permissions(&dst, fs::Permissions::from_mode(*mode))
+                        .map_err(target_err(&dst))?;
+                }
+                Entry::Symlink { target, .. } => {
+                    std::os::unix::fs::symlink(target, &dst).map_err(target_err(&dst))?;
+                }
+            }
+        }
+        for (dir, mode) in dirs.iter().rev() {
+            fs::set_permissions(dir, fs::Permissions::from_mode(*mode)).map_err(target_err(dir))?;
+        }
+        Ok(gen_info(generation, r))
+    }
+
+    /// What the store holds for a unit: each generation's sequence number, creation time, file
+    /// count and size, and its bundle.
+    pub fn info(&self, unit: &UnitId) -> Result<UnitStoreInfo, InitStoreError> {
+        let u = self.provisioned(unit)?;
+        let head = self.read_head(&u)?.ok_or_else(|| self.unknown(unit))?;
+        let bundle = u.bundle();
+        Ok(UnitStoreInfo {
+            unit: unit.clone(),
+            current: gen_info(Generation::Current, &head.current),
+            reference: gen_info(Generation::Ref, &head.reference),
+            laf: head
+                .laf
+                .iter()
+                .map(|r| gen_info(Generation::Laf, r))
+                .collect(),
+            bundle: bundle.is_dir().then_some(bundle),
+        })
+    }
+
+    /// Where the unit's application bundle lives (read-only for its users). The directory is
+    /// absent when the unit has no bundle, is not provisioned, or has a name that cannot be
+    /// stored.
+    pub fn bundle_dir(&self, unit: &UnitId) -> PathBuf {
+        match self.unit_dir(unit) {
+            Ok(u) => u.bundle(),
+            Err(_) => self.units.join(".invalid-unit-name").join("bundle"),
+        }
+    }
+}
+
+fn gen_info(generation: Generation, r: &GenRef) -> GenerationInfo {
+    GenerationInfo {
+        generation,
+        seq: r.seq,
+        created_unix_ms: r.created_unix_ms,
+        files: r.files,
+        bytes: r.bytes,
+        skipped: r.skipped.clone(),
+    }
+}
+
+/// Opens a stored file; missing → corrupt.
+fn open_stored(u: &UnitDir, generation: Generation, file: &Path) -> Result<File, InitStoreError> {
+    match File::open(file) {
+        Ok(f) => {
+            let meta = f.metadata().map_err(u.read_err(file))?;
+            if meta.is_file() {
+                Ok(f)
+            } else {
+                Err(u.corrupt(generation, file, "it is not a regular file".into()))
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(u.corrupt(
+            generation,
+            file,
+            "the file is missing but the MANIFEST lists it".into(),
+        )),
+        Err(e) => Err(u.read_err(file)(e)),
+    }
+}
+
+/// Compares what was read with what the manifest promises.
+fn check_copied(
+    u: &UnitDir,
+    generation: Generation,
+    file: &Path,
+    c: &Copied,
+    size: u64,
+    sha256: &str,
+) -> Result<(), InitStoreError> {
+    if c.size != size {
+        return Err(u.corrupt(
+            generation,
+            file,
+            format!("it holds {} bytes, the MANIFEST says {size}", c.size),
+        ));
+    }
+    if c.sha256 != sha256 {
+        return Err(u.corrupt(
+            generation,
+            file,
+            format!("its sha256 is {}, the MANIFEST says {sha256}", c.sha256),
+        ));
+    }
+    Ok(())
+}
