@@ -58,9 +58,30 @@ fn a_process_crash_is_fixed_at_ph05_and_the_sby_is_untouched() {
     up.wait_duplex(1);
     let sby_port = up.sby_port();
     let sby_role_before = kv(sby_port, "ROLE");
+    let act_before = support::unit_pids(up.dir.path(), "kv-1");
+    let sby_before = support::unit_pids(up.dir.path(), "kv-2");
+    assert_eq!(
+        act_before.len(),
+        2,
+        "middleware and application of kv-1: {act_before:?}"
+    );
     up.cli(&["fault", "kv", "--unit", "act", "--kind", "process"]);
     up.wait_event("PH0.5 reset-process of kv-1");
     let status = up.wait_duplex(1);
+    let act_after = support::unit_pids(up.dir.path(), "kv-1");
+    assert_eq!(
+        act_after["sleep"], act_before["sleep"],
+        "the middleware process was not touched"
+    );
+    assert_ne!(
+        act_after["duplex"], act_before["duplex"],
+        "the crashed application process was reset"
+    );
+    assert_eq!(
+        support::unit_pids(up.dir.path(), "kv-2"),
+        sby_before,
+        "the SBY was not touched"
+    );
     assert_eq!(
         status["pairs"][0]["epoch"], 1,
         "no new epoch for a process reset"

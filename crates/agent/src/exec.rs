@@ -64,6 +64,17 @@ async fn step<D: Driver>(
     action: StepAction,
 ) {
     let id = unit.unit.clone();
+    if let Some(l) = shared.units.lock().await.get(&id) {
+        // A restarted controller re-sends the steps it had in flight: one already running is
+        // left alone, one already done is answered again.
+        if l.pending == Some(op) {
+            return;
+        }
+        if l.done == Some(op) {
+            shared.report(AgentReport::UnitUp { unit: id, op });
+            return;
+        }
+    }
     let last_exited = {
         let mut units = shared.units.lock().await;
         let local = units.entry(id.clone()).or_insert_with(|| Local {
@@ -71,6 +82,7 @@ async fn step<D: Driver>(
             role: Role::None,
             epoch,
             pending: None,
+            done: None,
             healthy: false,
             last_exited: None,
         });

@@ -52,6 +52,8 @@ pub(crate) struct Local {
     pub epoch: Epoch,
     /// The step waiting for the unit to come up.
     pub pending: Option<u64>,
+    /// The last step that brought it up (a restarted controller may send it again).
+    pub done: Option<u64>,
     /// Whether it is believed healthy (a reported fault clears it until the next step).
     pub healthy: bool,
     /// The last process seen exiting (what PH0.5 resets).
@@ -192,6 +194,7 @@ async fn observe_loop<D: Driver>(
             Observation::Ready { .. } => {
                 if let Some(op) = local.pending.take() {
                     local.healthy = true;
+                    local.done = Some(op);
                     shared.report(AgentReport::UnitUp { unit, op });
                 }
             }

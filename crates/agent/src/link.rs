@@ -119,11 +119,13 @@ impl Link {
 /// hands its commands to the executor, in order.
 pub(crate) async fn poll_loop<D: Driver>(shared: Arc<Shared<D>>, link: Link) {
     let mut acked = 0;
+    let mut controller: Option<String> = None;
     let mut warned = false;
     loop {
         let req = SyncRequest {
             boot: link.boot.clone(),
             acked,
+            controller: controller.clone(),
             running: shared.driver.running(),
         };
         let sent = tokio::time::Instant::now();
@@ -134,6 +136,12 @@ pub(crate) async fn poll_loop<D: Driver>(shared: Arc<Shared<D>>, link: Link) {
                     warned = false;
                 }
                 *shared.last_renewed.lock().await = Some(sent);
+                if controller.as_ref() != Some(&resp.controller) {
+                    // A (re)started controller numbers its commands afresh.
+                    tracing::info!(host = %shared.cfg.host, controller = %resp.controller, "controller (re)started");
+                    controller = Some(resp.controller.clone());
+                    acked = 0;
+                }
                 *shared.lease.lock().await = Duration::from_millis(resp.lease_ms);
                 for env in resp.commands {
                     if env.seq <= acked {

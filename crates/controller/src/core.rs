@@ -72,8 +72,9 @@ pub enum UnitSelector {
     Named(UnitId),
 }
 
-/// The answer to a sync: the queued commands and a watch on the host's newest command.
-pub(crate) type SyncReply = Result<(Vec<Envelope>, watch::Receiver<u64>), ApiError>;
+/// The answer to a sync: the queued commands, a watch on the host's newest command, and the
+/// sequence number the agent has acknowledged in this controller's numbering.
+pub(crate) type SyncReply = Result<(Vec<Envelope>, watch::Receiver<u64>, u64), ApiError>;
 
 pub(crate) enum Input {
     Sync {
@@ -121,6 +122,7 @@ pub struct Handle {
     tx: mpsc::Sender<Input>,
     pub(crate) token: Option<Arc<str>>,
     pub(crate) poll: Duration,
+    pub(crate) boot: Arc<str>,
 }
 
 impl Handle {
@@ -208,6 +210,8 @@ pub struct Controller {
     /// Lost hosts: when they count as fenced (lease + margin after they were last heard).
     fences: BTreeMap<HostId, Millis>,
     rx: mpsc::Receiver<Input>,
+    /// This controller process's boot id: agents' `acked` refer to one controller's numbering.
+    boot: Arc<str>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -262,10 +266,12 @@ impl Controller {
             })
             .collect();
         let (tx, rx) = mpsc::channel(1024);
+        let boot: Arc<str> = Arc::from(format!("{}-{now:x}", std::process::id()));
         let handle = Handle {
             tx,
             token: token.map(Arc::from),
             poll: Duration::from_millis(cfg.controller.poll_ms),
+            boot: boot.clone(),
         };
         let mut c = Controller {
             cfg: Arc::new(cfg),
@@ -275,9 +281,12 @@ impl Controller {
             timers: BTreeMap::new(),
             fences: BTreeMap::new(),
             rx,
+            boot,
         };
         if resumed {
             c.resume(now);
+            let msg = "controller resumed from its stored state: in-flight steps re-sent, timers re-armed".to_owned();
+            c.history("resume", None, None, msg, serde_json::Value::Null)?;
         } else {
             c.bootstrap()?;
         }
@@ -476,7 +485,13 @@ impl Controller {
         link.last_seen = now;
         let restarted = link.boot.as_ref().is_some_and(|b| *b != req.boot);
         link.boot = Some(req.boot);
-        link.queue.retain(|e| e.seq > req.acked);
+        // An `acked` in another controller's numbering means nothing here.
+        let acked = if req.controller.as_deref() == Some(&*self.boot) {
+            req.acked
+        } else {
+            0
+        };
+        link.queue.retain(|e| e.seq > acked);
         let envs: Vec<Envelope> = link.queue.iter().cloned().collect();
         let rx = link.seq_tx.subscribe();
         let was_lost = std::mem::replace(&mut link.lost, false);
@@ -507,7 +522,7 @@ impl Controller {
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             }
         }
-        Ok((envs, rx))
+        Ok((envs, rx, acked))
     }
 
     fn on_reports(&mut self, host: &HostId, batch: ReportBatch) -> Result<(), ApiError> {

@@ -76,8 +76,7 @@ async fn sync(
     Json(req): Json<SyncRequest>,
 ) -> Result<Json<SyncResponse>, ApiError> {
     let host = HostId::new(host);
-    let acked = req.acked;
-    let (mut commands, mut rx) = api.handle.sync(host.clone(), req).await?;
+    let (mut commands, mut rx, acked) = api.handle.sync(host.clone(), req).await?;
     if commands.is_empty() {
         // Long-poll: hold the request until a command for this host is queued, or the poll
         // period passes; either way the agent's lease was renewed when the request came in.
@@ -87,6 +86,7 @@ async fn sync(
     Ok(Json(SyncResponse {
         commands,
         lease_ms: api.lease_ms,
+        controller: api.handle.boot.to_string(),
     }))
 }
 

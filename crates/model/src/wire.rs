@@ -14,8 +14,11 @@ use crate::{Epoch, FaultKind, Generation, Millis, PairId, Role, UnitId, UnitSpec
 pub struct SyncRequest {
     /// A random id per agent process: a new one means the agent restarted (and runs nothing).
     pub boot: String,
-    /// The highest command sequence number the agent has received.
+    /// The highest command sequence number the agent has received from controller `controller`.
     pub acked: u64,
+    /// The boot id of the controller whose numbering `acked` follows (`None` before the
+    /// first answer). A restarted controller numbers afresh and ignores an `acked` of another.
+    pub controller: Option<String>,
     /// Units the agent runs now.
     pub running: Vec<UnitId>,
 }
@@ -28,6 +31,8 @@ pub struct SyncResponse {
     pub commands: Vec<Envelope>,
     /// The agent must renew within this long, or stop its ACT units (self-fence).
     pub lease_ms: Millis,
+    /// This controller process's boot id.
+    pub controller: String,
 }
 
 /// A numbered command.

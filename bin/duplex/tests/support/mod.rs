@@ -42,12 +42,66 @@ pub struct Up {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub ports: [(String, u16); 3],
-    child: Option<Child>,
+    pub listen: u16,
+    children: Vec<Child>,
 }
 
 impl Up {
     /// Starts `duplex up` on three hosts (host-a, host-b, spare-1) and one pair `kv`.
     pub fn start(policy: &str, extra: &[&str]) -> Up {
+        let mut up = Up::prepare(policy, 2000, extra);
+        let child = up.spawn("up", &["up", up.config.to_str().unwrap()]);
+        up.children.push(child);
+        up
+    }
+
+    /// Starts `duplex controller` and one `duplex agent` per host as separate processes.
+    pub fn start_split(policy: &str, lease_ms: u64) -> Up {
+        let mut up = Up::prepare(policy, lease_ms, &[]);
+        up.start_controller();
+        for (host, _) in up.ports.clone() {
+            let state = up.dir.path().join("state/hosts").join(&host);
+            let init = up.dir.path().join("state/init");
+            let url = format!("http://127.0.0.1:{}", up.listen);
+            let args = [
+                "agent",
+                "--name",
+                &host,
+                "--controller",
+                &url,
+                "--token",
+                "test-token",
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--init-store",
+                init.to_str().unwrap(),
+                "--sync-ms",
+                "200",
+            ];
+            let child = up.spawn(&format!("agent-{host}"), &args);
+            up.children.push(child);
+        }
+        up
+    }
+
+    /// (Re)starts `duplex controller`; it is always `children[0]` in a split setup.
+    pub fn start_controller(&mut self) {
+        let child = self.spawn("controller", &["controller", self.config.to_str().unwrap()]);
+        if self.children.is_empty() {
+            self.children.push(child);
+        } else {
+            self.children[0] = child;
+        }
+    }
+
+    /// kill -9 of the controller process.
+    pub fn kill_controller(&mut self) {
+        let c = &mut self.children[0];
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn prepare(policy: &str, lease_ms: u64, extra: &[&str]) -> Up {
         let dir = tempfile::Builder::new()
             .prefix("duplex-up-")
             .tempdir()
@@ -64,7 +118,7 @@ impl Up {
 listen = "127.0.0.1:{listen}"
 token = "test-token"
 state_dir = "state"
-lease_ms = 2000
+lease_ms = {lease_ms}
 fence_margin_ms = 1000
 poll_ms = 500
 
@@ -78,6 +132,7 @@ sync_ms = 200
 
 [units.kv]
 watchdog_ms = 1000
+middleware = [{{ name = "mw", command = ["sleep", "1000000"] }}]
 application = [{{ name = "kv", command = ["{{duplex}}", "sample", "--listen", "127.0.0.1:{{port}}", "--data", "{{data_dir}}"] }}]
 "#
         );
@@ -96,25 +151,45 @@ application = [{{ name = "kv", command = ["{{duplex}}", "sample", "--listen", "1
         }
         let config = dir.path().join("duplex.toml");
         std::fs::write(&config, text).unwrap();
-        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["up", config.to_str().unwrap()])
-            .env("RUST_LOG", "info,duplex=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
         Up {
             dir,
             config,
             ports,
-            child: Some(child),
+            listen,
+            children: Vec::new(),
         }
     }
 
+    fn spawn(&self, name: &str, args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Every log of this setup, concatenated.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+        let mut out = String::new();
+        for e in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                out.push_str(&format!("--- {} ---\n", e.path().display()));
+                out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        out
     }
 
     /// Runs a CLI command against this controller; returns stdout, panics on failure.
@@ -236,34 +311,63 @@ application = [{{ name = "kv", command = ["{{duplex}}", "sample", "--listen", "1
         assert_eq!(acts.len(), 1, "units' own view of their roles: {roles:?}");
     }
 
-    /// Stops `duplex up` as a user would (ctrl-c) and checks nothing of it survives.
+    /// Stops every process as a user would (ctrl-c) and checks nothing of them survives.
     pub fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
+        let children = std::mem::take(&mut self.children);
+        for child in &children {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "duplex up exited with {status}\n{}",
-                    self.log()
-                );
-                break;
+        for mut child in children {
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        status.success(),
+                        "a duplex process exited with {status}\n{}",
+                        self.log()
+                    );
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!(
+                        "a duplex process did not stop within 30 s of ctrl-c\n{}",
+                        self.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "duplex up did not stop within 30 s of ctrl-c\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
         let left = survivors(self.dir.path());
         assert!(left.is_empty(), "processes left behind: {left:?}");
     }
+}
+
+/// The processes of a unit of this setup: process name → pid (from their environment).
+pub fn unit_pids(dir: &Path, unit: &str) -> std::collections::BTreeMap<String, u32> {
+    let mut found = std::collections::BTreeMap::new();
+    let want = format!("DUPLEX_UNIT={unit}");
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let env = String::from_utf8_lossy(&env);
+        let mine = env.split('\0').any(|v| v == want) && env.contains(dir.to_str().unwrap());
+        if mine {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.insert(comm.trim().to_owned(), pid);
+        }
+    }
+    found
 }
 
 /// Processes whose command line mentions `dir`.
@@ -290,7 +394,7 @@ pub fn survivors(dir: &Path) -> Vec<String> {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in std::mem::take(&mut self.children) {
             let _ = child.kill();
             let _ = child.wait();
         }
