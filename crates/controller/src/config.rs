@@ -11,35 +11,8 @@ use duplex_model::{HostId, Millis, PairId, UnitId, UnitSpec};
 use serde::Deserialize;
 use toml::Spanned;
 
-/// A config that cannot be used, with where the problem is.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read config: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Something in the file is wrong.
-    #[error("{path}:{line}:{column}: {field}: {message}\n  {line} | {text}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// The field.
-        field: String,
-        /// What is wrong and what to do.
-        message: String,
-        /// The line.
-        text: String,
-    },
-}
+/// A config that cannot be used, with the file, line, column and field.
+pub type ConfigError = duplex_model::source::FileError;
 
 /// Controller settings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -165,10 +138,7 @@ impl Config {
         let Some(file) = &self.controller.token_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            path: file.clone(),
-            source,
-        })?;
+        let text = ConfigError::read(file)?;
         Ok(text
             .lines()
             .next()
@@ -190,35 +160,16 @@ impl Config {
 
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::parse(path, &text)
+        Config::parse(path, &ConfigError::read(path)?)
     }
 
     /// Checks a config given as text; relative paths resolve against `path`'s directory.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let at = |span: Range<usize>, field: &str, message: String| {
-            let place = duplex_model::source::locate(text, span);
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line: place.line,
-                column: place.column,
-                field: field.to_owned(),
-                message,
-                text: place.text,
-            }
+            ConfigError::at(path, text, span, field, message)
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            let place = duplex_model::source::locate(text, span.clone());
-            at(
-                span,
-                place.key.as_deref().unwrap_or("(file)"),
-                e.message().trim().to_owned(),
-            )
-        })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::parse(path, text, e.span().unwrap_or(0..0), e.message()))?;
         // Absolute, because units run in their own working directories.
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = std::path::absolute(&base).unwrap_or(base);

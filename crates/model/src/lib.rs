@@ -14,5 +14,5 @@ pub mod wire;
 
 pub use ids::{HostId, PairId, UnitId};
 pub use phase::{Generation, Phase, PhaseParseError};
-pub use spec::{Layer, ProcessSpec, UnitSpec};
+pub use spec::{HttpCheck, Layer, ProbeCheck, ProbeSpec, ProcessSpec, UdpCheck, UnitSpec};
 pub use vocab::{Epoch, FaultKind, Millis, Policy, Role, VocabParseError};

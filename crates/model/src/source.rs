@@ -1,6 +1,76 @@
-//! Pointing at a place in a config file: line, column, the key written there, the line's text.
+//! Pointing at a place in a config file: line, column, the key written there, the line's text;
+//! and the error every file format of duplex (configs, scenarios) reports with it.
 
 use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// A file that cannot be used, with where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something in the file is wrong: bad TOML, an unknown or missing field, a wrong type, or a
+    /// reference to something not defined.
+    #[error("{path}:{line}:{column}: {field}: {message}\n  {line} | {text}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The field (`hosts[1].capacity`, or the key on that line).
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+        /// The offending line of the file.
+        text: String,
+    },
+}
+
+impl FileError {
+    /// Reads a file, or says which one could not be read.
+    pub fn read(path: &Path) -> Result<String, FileError> {
+        std::fs::read_to_string(path).map_err(|source| FileError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// An error at byte `span` of `text` (the contents of `path`) about `field`.
+    pub fn at(
+        path: &Path,
+        text: &str,
+        span: Range<usize>,
+        field: &str,
+        message: String,
+    ) -> FileError {
+        let place = locate(text, span);
+        FileError::Invalid {
+            path: path.to_owned(),
+            line: place.line,
+            column: place.column,
+            field: field.to_owned(),
+            message,
+            text: place.text,
+        }
+    }
+
+    /// A parser's error at `span`: the field is the key written on that line.
+    pub fn parse(path: &Path, text: &str, span: Range<usize>, message: &str) -> FileError {
+        let field = locate(text, span.clone())
+            .key
+            .unwrap_or_else(|| "(file)".into());
+        FileError::at(path, text, span, &field, message.trim().to_owned())
+    }
+}
 
 /// A place in a text file.
 #[derive(Clone, Debug, PartialEq, Eq)]

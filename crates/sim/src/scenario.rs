@@ -4,43 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use duplex_engine::{EngineConfig, HostSpec, PairSpec};
 use duplex_model::{FaultKind, HostId, Millis, PairId, Policy, UnitId};
 use serde::Deserialize;
 use toml::Spanned;
 
-/// A scenario that cannot be used, with where the problem is.
-#[derive(Debug, thiserror::Error)]
-pub enum ScenarioError {
-    /// The file could not be read.
-    #[error("{path}: cannot read scenario: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a valid scenario: bad TOML, an unknown or missing field, a wrong type,
-    /// or a reference to something not defined.
-    #[error("{path}:{line}:{column}: {field}: {message}\n  {line} | {text}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// The field (`hosts[1].capacity`, or the key on that line).
-        field: String,
-        /// What is wrong and what to do.
-        message: String,
-        /// The offending line of the file.
-        text: String,
-    },
-}
+/// A scenario that cannot be used, with the file, line, column and field.
+pub type ScenarioError = duplex_model::source::FileError;
 
 /// How a broken host fails the steps run on it (a hardware fault no restart can fix).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -225,48 +197,22 @@ pub struct Scenario {
 impl Scenario {
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Scenario::parse(path, &text)
+        Scenario::parse(path, &ScenarioError::read(path)?)
     }
 
     /// Checks a scenario given as text; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         let at = |span: Range<usize>, field: &str, message: String| {
-            invalid(path, text, span, field, message)
+            ScenarioError::at(path, text, span, field, message)
         };
-        let raw: RawScenario = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            let place = duplex_model::source::locate(text, span.clone());
-            let field = place.key.unwrap_or_else(|| "(file)".into());
-            at(span, &field, e.message().trim().to_owned())
-        })?;
+        let raw: RawScenario = toml::from_str(text)
+            .map_err(|e| ScenarioError::parse(path, text, e.span().unwrap_or(0..0), e.message()))?;
         raw.check(&at, path)
     }
 
     /// The policy the file asks for.
     pub fn policy(&self) -> Policy {
         self.engine.policy
-    }
-}
-
-fn invalid(
-    path: &Path,
-    text: &str,
-    span: Range<usize>,
-    field: &str,
-    message: String,
-) -> ScenarioError {
-    let place = duplex_model::source::locate(text, span);
-    ScenarioError::Invalid {
-        path: path.to_owned(),
-        line: place.line,
-        column: place.column,
-        field: field.to_owned(),
-        message,
-        text: place.text,
     }
 }
 
