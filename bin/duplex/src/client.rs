@@ -119,16 +119,33 @@ pub async fn events(
     limit: usize,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut path = format!("/v1/events?limit={limit}");
-    if let Some(p) = pair {
-        path.push_str(&format!("&pair={p}"));
+    let client = target.client()?;
+    // Page through the history and keep the newest `limit` records.
+    let mut records: std::collections::VecDeque<serde_json::Value> =
+        std::collections::VecDeque::new();
+    let mut after = 0;
+    loop {
+        let mut path = format!("/v1/events?limit=10000&after={after}");
+        if let Some(p) = &pair {
+            path.push_str(&format!("&pair={p}"));
+        }
+        let page = client.get(&path).await?;
+        for e in page["events"].as_array().into_iter().flatten() {
+            records.push_back(e.clone());
+            if records.len() > limit {
+                records.pop_front();
+            }
+        }
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
     }
-    let records = target.client()?.get(&path).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for r in records.as_array().into_iter().flatten() {
+    for r in &records {
         let at = r
             .get("at_unix_ms")
             .and_then(serde_json::Value::as_u64)
@@ -157,33 +174,189 @@ pub async fn fault(
     pair: &str,
     unit: &str,
     kind: &str,
+    wait: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let kind: duplex_model::FaultKind = kind
         .parse()
         .map_err(|e: duplex_model::VocabParseError| anyhow::anyhow!(e))?;
-    let r = target
-        .client()?
+    let client = target.client()?;
+    let mark = Mark::take(&client, pair).await?;
+    let r = client
         .post(
             &format!("/v1/pairs/{pair}/fault"),
             serde_json::json!({ "unit": unit, "kind": kind }),
         )
         .await?;
     println!(
-        "injected {kind} into {}",
-        r.get("unit").and_then(|u| u.as_str()).unwrap_or(unit)
+        "{}",
+        r.get("detail")
+            .and_then(|u| u.as_str())
+            .unwrap_or("fault injected")
     );
-    Ok(ExitCode::SUCCESS)
+    match wait {
+        Some(secs) => follow(&client, pair, mark, secs).await,
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
-pub async fn switchover(target: &Target, pair: &str) -> anyhow::Result<ExitCode> {
-    target
-        .client()?
+pub async fn switchover(
+    target: &Target,
+    pair: &str,
+    wait: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let client = target.client()?;
+    let mark = Mark::take(&client, pair).await?;
+    let r = client
         .post(
             &format!("/v1/pairs/{pair}/switchover"),
             serde_json::json!({}),
         )
         .await?;
-    println!("switchover of {pair} requested");
+    println!(
+        "{}",
+        r.get("detail")
+            .and_then(|u| u.as_str())
+            .unwrap_or("switchover requested")
+    );
+    match wait {
+        Some(secs) => follow(&client, pair, mark, secs).await,
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Where the history and the pair stood before an action.
+struct Mark {
+    seq: u64,
+    epoch: u64,
+    at: std::time::Instant,
+}
+
+impl Mark {
+    async fn take(client: &Client, pair: &str) -> anyhow::Result<Mark> {
+        let seq = newest_seq(client).await.unwrap_or(0);
+        let p = client.get(&format!("/v1/pairs/{pair}")).await?;
+        Ok(Mark {
+            seq,
+            epoch: p["epoch"].as_u64().unwrap_or(0),
+            at: std::time::Instant::now(),
+        })
+    }
+}
+
+async fn newest_seq(client: &Client) -> Option<u64> {
+    let mut after = 0;
+    loop {
+        let page = client
+            .get(&format!("/v1/events?limit=10000&after={after}"))
+            .await
+            .ok()?;
+        let events = page["events"].as_array()?;
+        let last = events
+            .last()
+            .and_then(|e| e["seq"].as_u64())
+            .unwrap_or(after);
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => return Some(last),
+        }
+    }
+}
+
+/// `--wait`: prints the recovery phase by phase, with elapsed times, until the pair runs
+/// duplex again after a change (exit 0), or the time is up (exit 4).
+async fn follow(client: &Client, pair: &str, mark: Mark, secs: u64) -> anyhow::Result<ExitCode> {
+    let deadline = mark.at + std::time::Duration::from_secs(secs);
+    let mut after = mark.seq;
+    let mut changed = false;
+    loop {
+        let page = client
+            .get(&format!("/v1/events?pair={pair}&after={after}&limit=1000"))
+            .await?;
+        for e in page["events"].as_array().into_iter().flatten() {
+            after = after.max(e["seq"].as_u64().unwrap_or(after));
+            let kind = e["kind"].as_str().unwrap_or("");
+            let shown = [
+                "fault",
+                "step-started",
+                "step-succeeded",
+                "step-failed",
+                "role-granted",
+                "duplex-stopped",
+                "duplex-resumed",
+                "no-spare-left",
+                "promotion-waits-for-fence",
+            ];
+            if shown.contains(&kind) {
+                changed = true;
+                let msg = e["message"].as_str().unwrap_or("");
+                println!("  +{:>7.3}s  {msg}", mark.at.elapsed().as_secs_f64());
+            }
+        }
+        let p = client.get(&format!("/v1/pairs/{pair}")).await?;
+        let epoch = p["epoch"].as_u64().unwrap_or(0);
+        if p["duplex"] == true && (changed || epoch > mark.epoch) {
+            println!(
+                "pair {pair} duplex again at epoch {epoch} after {:.3}s",
+                mark.at.elapsed().as_secs_f64()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "pair {pair} not duplex again within {secs}s: {}",
+                p["state"].as_str().unwrap_or("?")
+            );
+            return Ok(ExitCode::from(4));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn maintenance(
+    target: &Target,
+    what: &str,
+    name: &str,
+    on: bool,
+) -> anyhow::Result<ExitCode> {
+    let path = match what {
+        "unit" => format!("/v1/units/{name}/maintenance"),
+        "host" => format!("/v1/hosts/{name}/maintenance"),
+        other => anyhow::bail!("maintenance of {other:?}: say `unit` or `host`"),
+    };
+    let r = target
+        .client()?
+        .post(&path, serde_json::json!({ "on": on }))
+        .await?;
+    println!(
+        "{}",
+        r.get("detail").and_then(|u| u.as_str()).unwrap_or("done")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn hosts(target: &Target, json: bool) -> anyhow::Result<ExitCode> {
+    let view = target.client()?.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view.hosts)?);
+    } else {
+        let table = view.table();
+        let hosts = table.split("HOSTS").nth(1).unwrap_or("");
+        print!("HOSTS{hosts}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reload(target: &Target) -> anyhow::Result<ExitCode> {
+    let r = target
+        .client()?
+        .post("/v1/config/reload", serde_json::json!({}))
+        .await?;
+    println!(
+        "{}",
+        r.get("detail")
+            .and_then(|u| u.as_str())
+            .unwrap_or("reloaded")
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,7 @@
 //! The `duplex` binary: a thin shell over the crates. Subcommands map one-to-one onto library
 //! entry points; errors are reported with context and mapped to exit codes.
 
+mod bench;
 mod client;
 mod run;
 mod sim;
@@ -67,6 +68,9 @@ enum Cmd {
         /// process, app, middleware, watchdog, os-panic, data-corrupt.
         #[arg(long)]
         kind: String,
+        /// Follow the recovery phase by phase until the pair runs duplex again (at most SECS).
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "600")]
+        wait: Option<u64>,
         #[command(flatten)]
         target: client::Target,
     },
@@ -74,6 +78,35 @@ enum Cmd {
     Switchover {
         /// The pair.
         pair: String,
+        /// Follow it until the pair runs duplex again (at most SECS).
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "600")]
+        wait: Option<u64>,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Take a unit or a whole host out of service (drain it), or bring it back.
+    Maintenance {
+        /// `unit` or `host`.
+        #[arg(value_parser = ["unit", "host"])]
+        what: String,
+        /// Its name.
+        name: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Show the hosts.
+    Hosts {
+        #[command(flatten)]
+        target: client::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the controller re-read its config file.
+    Reload {
         #[command(flatten)]
         target: client::Target,
     },
@@ -89,6 +122,8 @@ enum Cmd {
     },
     /// Run the engine over a scenario in virtual time (deterministic).
     Sim(sim::SimArgs),
+    /// Measure recovery per policy and a rack storm; write the plots (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// The sample stateful service shipped for demos (run by units, not by people).
     #[command(hide = true)]
     Sample {
@@ -99,7 +134,7 @@ enum Cmd {
 }
 
 /// Exit codes: 0 success, 1 a safety violation (sim), 2 bad input or failure, 3 a pair is not
-/// duplex (status).
+/// duplex (status), 4 `--wait` ran out of time.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Sample { args } = cli.command {
@@ -107,6 +142,9 @@ fn main() -> ExitCode {
     }
     if let Cmd::Sim(args) = &cli.command {
         return report(sim::run(args));
+    }
+    if let Cmd::Bench(args) = &cli.command {
+        return report(bench::run(args));
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -140,15 +178,26 @@ async fn async_main(cmd: Cmd) -> anyhow::Result<ExitCode> {
             pair,
             unit,
             kind,
+            wait,
             target,
-        } => client::fault(&target, &pair, &unit, &kind).await,
-        Cmd::Switchover { pair, target } => client::switchover(&target, &pair).await,
+        } => client::fault(&target, &pair, &unit, &kind, wait).await,
+        Cmd::Switchover { pair, wait, target } => client::switchover(&target, &pair, wait).await,
+        Cmd::Maintenance {
+            what,
+            name,
+            state,
+            target,
+        } => client::maintenance(&target, &what, &name, state == "on").await,
+        Cmd::Hosts { target, json } => client::hosts(&target, json).await,
+        Cmd::Reload { target } => client::reload(&target).await,
         Cmd::Faulty {
             host,
             state,
             target,
         } => client::faulty(&target, &host, state == "on").await,
-        Cmd::Sim(_) | Cmd::Sample { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Sim(_) | Cmd::Bench(_) | Cmd::Sample { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

@@ -21,7 +21,12 @@ fn watchdog_on_a_faulty_host_takes_the_duplex_restart_and_keeps_the_data() {
     up.wait_synced("kv-2", "greeting");
 
     up.cli(&["faulty", "host-a", "on"]);
-    up.cli(&["fault", "kv", "--unit", "act", "--kind", "watchdog"]);
+    // --wait follows the recovery phase by phase until the pair runs duplex again.
+    let out = up.cli(&[
+        "fault", "kv", "--unit", "act", "--kind", "watchdog", "--wait", "60",
+    ]);
+    assert!(out.contains("duplex restart (PH2.5)"), "{out}");
+    assert!(out.contains("pair kv duplex again at epoch 3"), "{out}");
     let status = up.wait_duplex(3);
 
     let units = &status["pairs"][0]["units"];
@@ -68,6 +73,13 @@ fn a_process_crash_is_fixed_at_ph05_and_the_sby_is_untouched() {
     up.cli(&["fault", "kv", "--unit", "act", "--kind", "process"]);
     up.wait_event("PH0.5 reset-process of kv-1");
     let status = up.wait_duplex(1);
+    // The table a newcomer reads.
+    let table = up.cli(&["status"]);
+    for needle in [
+        "PAIR", "ROLE", "HOST", "kv-1", "ACT", "SBY", "host-a", "spare-1", "duplex",
+    ] {
+        assert!(table.contains(needle), "{needle} missing from\n{table}");
+    }
     let act_after = support::unit_pids(up.dir.path(), "kv-1");
     assert_eq!(
         act_after["sleep"], act_before["sleep"],

@@ -238,6 +238,7 @@ async fn set_role<D: Driver>(shared: &Arc<Shared<D>>, unit: UnitRef, role: Role,
     }
     tracing::info!(host = %shared.cfg.host, unit = %id, %role, %epoch, "role");
     if role != Role::Act {
+        shared.synced.lock().await.remove(&id);
         shared.report(AgentReport::Released { unit: id });
     }
 }
@@ -253,7 +254,15 @@ pub(crate) async fn save_and_sync<D: Driver>(
         tracing::warn!(host = %shared.cfg.host, %unit, error = %e, "cannot save data to the init store");
         return;
     }
-    if let Err(e) = shared.store.sync(unit, peer) {
-        tracing::warn!(host = %shared.cfg.host, %unit, %peer, error = %e, "cannot sync data to the SBY's copy");
+    match shared.store.sync(unit, peer) {
+        Ok(_) => {
+            let now = std::time::SystemTime::UNIX_EPOCH
+                .elapsed()
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            shared.synced.lock().await.insert(unit.clone(), now);
+        }
+        Err(e) => {
+            tracing::warn!(host = %shared.cfg.host, %unit, %peer, error = %e, "cannot sync data to the SBY's copy")
+        }
     }
 }

@@ -73,6 +73,8 @@ pub(crate) struct Shared<D> {
     /// when it was sent.
     pub last_renewed: Mutex<Option<tokio::time::Instant>>,
     pub lease: Mutex<Duration>,
+    /// When each ACT unit's data last reached its SBY's copy (Unix ms).
+    pub synced: Mutex<BTreeMap<UnitId, Millis>>,
 }
 
 impl<D: Driver> Shared<D> {
@@ -151,6 +153,7 @@ pub async fn run<D: Driver>(
         reports: reports_tx,
         last_renewed: Mutex::new(None),
         lease: Mutex::new(Duration::from_secs(3)),
+        synced: Mutex::default(),
     });
     tracing::info!(host = %shared.cfg.host, controller = %shared.cfg.controller, "agent starting");
     let tasks = [
@@ -225,6 +228,19 @@ async fn observe_loop<D: Driver>(
                     unit,
                     kind: FaultKind::Watchdog,
                     detail,
+                });
+            }
+            Observation::ProbeFailed {
+                probe,
+                fault,
+                detail,
+                ..
+            } => {
+                local.healthy = false;
+                shared.report(AgentReport::Fault {
+                    unit,
+                    kind: fault,
+                    detail: format!("probe {probe}: {detail}"),
                 });
             }
         }

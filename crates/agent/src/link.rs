@@ -127,6 +127,7 @@ pub(crate) async fn poll_loop<D: Driver>(shared: Arc<Shared<D>>, link: Link) {
             acked,
             controller: controller.clone(),
             running: shared.driver.running(),
+            synced: shared.synced.lock().await.clone(),
         };
         let sent = tokio::time::Instant::now();
         match link.sync(&req).await {

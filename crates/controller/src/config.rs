@@ -257,6 +257,9 @@ impl RawConfig {
                 let msg = "a unit needs at least one application process".to_owned();
                 return Err(at(spec.span(), &format!("units.{name}.application"), msg));
             }
+            if let Err(msg) = spec.get_ref().check_probes() {
+                return Err(at(spec.span(), &format!("units.{name}.probes"), msg));
+            }
         }
         let pairs = check_pairs(self.pairs, &names, &self.units, at, base)?;
         Ok(Config {

@@ -114,6 +114,12 @@ pub(crate) enum Input {
         query: HistoryQuery,
         reply: oneshot::Sender<Result<Vec<HistoryRecord>, ApiError>>,
     },
+    Reload {
+        reply: oneshot::Sender<Result<String, ApiError>>,
+    },
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
 }
 
 /// A cheap handle to the controller task.
@@ -123,6 +129,8 @@ pub struct Handle {
     pub(crate) token: Option<Arc<str>>,
     pub(crate) poll: Duration,
     pub(crate) boot: Arc<str>,
+    /// Bumped after every change of the state (live updates wait on it).
+    pub(crate) changes: watch::Receiver<u64>,
 }
 
 impl Handle {
@@ -180,6 +188,16 @@ impl Handle {
         self.ask(|reply| Input::Status { reply }).await
     }
 
+    /// Re-reads the config file and applies what can change while running.
+    pub async fn reload(&self) -> Result<String, ApiError> {
+        self.ask(|reply| Input::Reload { reply }).await?
+    }
+
+    /// The metrics exposition text.
+    pub async fn metrics(&self) -> Result<String, ApiError> {
+        self.ask(|reply| Input::Metrics { reply }).await
+    }
+
     /// The event history.
     pub async fn events(&self, query: HistoryQuery) -> Result<Vec<HistoryRecord>, ApiError> {
         self.ask(|reply| Input::Events { query, reply }).await?
@@ -212,6 +230,10 @@ pub struct Controller {
     rx: mpsc::Receiver<Input>,
     /// This controller process's boot id: agents' `acked` refer to one controller's numbering.
     boot: Arc<str>,
+    changes: watch::Sender<u64>,
+    /// When each ACT unit's data last reached its SBY's copy, as its agent reports.
+    pub(crate) synced: BTreeMap<UnitId, Millis>,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Controller {
@@ -267,11 +289,13 @@ impl Controller {
             .collect();
         let (tx, rx) = mpsc::channel(1024);
         let boot: Arc<str> = Arc::from(format!("{}-{now:x}", std::process::id()));
+        let (changes, changes_rx) = watch::channel(0);
         let handle = Handle {
             tx,
             token: token.map(Arc::from),
             poll: Duration::from_millis(cfg.controller.poll_ms),
             boot: boot.clone(),
+            changes: changes_rx,
         };
         let mut c = Controller {
             cfg: Arc::new(cfg),
@@ -282,6 +306,9 @@ impl Controller {
             fences: BTreeMap::new(),
             rx,
             boot,
+            changes,
+            synced: BTreeMap::new(),
+            metrics: crate::metrics::Metrics::default(),
         };
         if resumed {
             c.resume(now);
@@ -466,6 +493,13 @@ impl Controller {
             Input::Status { reply } => {
                 let _ = reply.send(view::status(self, now_ms()));
             }
+            Input::Reload { reply } => {
+                let r = self.reload();
+                let _ = reply.send(r);
+            }
+            Input::Metrics { reply } => {
+                let _ = reply.send(crate::metrics::encode(self, now_ms()));
+            }
             Input::Events { query, reply } => {
                 let _ = reply.send(
                     self.store
@@ -485,6 +519,7 @@ impl Controller {
         link.last_seen = now;
         let restarted = link.boot.as_ref().is_some_and(|b| *b != req.boot);
         link.boot = Some(req.boot);
+        self.synced.extend(req.synced);
         // An `acked` in another controller's numbering means nothing here.
         let acked = if req.controller.as_deref() == Some(&*self.boot) {
             req.acked
@@ -738,7 +773,43 @@ impl Controller {
         for cmd in ready.commands.clone() {
             self.dispatch(cmd, now);
         }
+        self.metrics.observe(&ready.notes, now);
+        self.changes.send_modify(|v| *v += 1);
         Ok(())
+    }
+
+    /// Re-reads the config file. Engine settings and unit definitions change at once; hosts and
+    /// pairs must stay as they are (changing those needs a restart). Nothing changes unless the
+    /// whole file validates.
+    fn reload(&mut self) -> Result<String, ApiError> {
+        let new = Config::load(&self.cfg.path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let hosts = |c: &Config| c.hosts.iter().map(|h| h.spec.clone()).collect::<Vec<_>>();
+        let pairs = |c: &Config| c.pairs.iter().map(|p| p.spec.clone()).collect::<Vec<_>>();
+        if hosts(&new) != hosts(&self.cfg) || pairs(&new) != pairs(&self.cfg) {
+            return Err(ApiError::Conflict(format!(
+                "{}: hosts or pairs differ from the running ones; adding, removing or moving them needs a controller restart (nothing was changed)",
+                self.cfg.path.display()
+            )));
+        }
+        let engine_changed = new.engine != self.state.config;
+        self.state.config = new.engine.clone();
+        self.cfg = Arc::new(new);
+        let detail = if engine_changed {
+            format!(
+                "reloaded {}: engine settings and unit definitions applied",
+                self.cfg.path.display()
+            )
+        } else {
+            format!(
+                "reloaded {}: unit definitions applied (engine settings unchanged)",
+                self.cfg.path.display()
+            )
+        };
+        let body = serde_json::to_value(&self.state.config).unwrap_or_default();
+        self.history("config-reloaded", None, None, detail.clone(), body)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.changes.send_modify(|v| *v += 1);
+        Ok(detail)
     }
 
     fn history(

@@ -1,10 +1,20 @@
-//! The controller's HTTP API: the agent endpoints (sync long-poll, reports) and the operator
-//! endpoints (status, events, fault injection, switchover, demo hardware fault). Every route
-//! requires the bearer token when one is configured.
+//! The controller's HTTP API, versioned under `/v1` and described by the OpenAPI document
+//! served at `/v1/openapi.json` (generated from these handlers). Agent endpoints (sync
+//! long-poll, reports), operator endpoints (status, hosts, pairs, units, events, switchover,
+//! maintenance, fault injection, config reload, live updates), `/metrics` and the status page
+//! at `/`. Every route needs the bearer token when one is configured — in the `Authorization`
+//! header, or, for GET requests only, as a `token` query parameter (browsers' `EventSource`
+//! cannot set headers); errors are JSON `{"error": "..."}`.
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,9 +22,18 @@ use duplex_engine::Intent;
 use duplex_model::wire::{ReportBatch, SyncRequest, SyncResponse};
 use duplex_model::{FaultKind, HostId, Millis, PairId, UnitId};
 use duplex_store::HistoryQuery;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::core::{ApiError, Handle, UnitSelector};
+use crate::view::{EventView, EventsPage, HostView, PairView, StatusView, UnitView};
+
+/// The body of every error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong and what to do.
+    pub error: String,
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -26,9 +45,43 @@ impl IntoResponse for ApiError {
         };
         (
             status,
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
         )
             .into_response()
+    }
+}
+
+/// JSON bodies whose rejections are JSON errors naming what was wrong.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Body(v))
+            .map_err(|e: JsonRejection| {
+                ApiError::BadRequest(format!("bad request body: {}", e.body_text()))
+            })
+    }
+}
+
+/// Query strings whose rejections are JSON errors.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Params(v))
+            .map_err(|e: QueryRejection| {
+                ApiError::BadRequest(format!("bad query: {}", e.body_text()))
+            })
     }
 }
 
@@ -38,42 +91,158 @@ struct Api {
     lease_ms: Millis,
 }
 
-/// The API routes, served by `duplex controller` and `duplex up`.
+/// The OpenAPI document of the operator API.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "duplex controller API",
+        description = "Pairs, hosts, units, events and operator actions of a duplex controller. Bearer token authentication: `Authorization: Bearer <token>`; GET requests may pass `?token=<token>` instead (the status page does, for its event stream)."
+    ),
+    paths(
+        status,
+        hosts,
+        host,
+        pairs,
+        pair,
+        unit,
+        events,
+        switchover,
+        fault,
+        unit_maintenance,
+        host_maintenance,
+        faulty,
+        reload
+    ),
+    components(schemas(
+        ErrorBody, Accepted, FaultBody, OnOff, StatusView, HostView, PairView, UnitView, EventView,
+        EventsPage, UnitDetail
+    ))
+)]
+pub struct ApiDoc;
+
+/// Every route, served by `duplex controller` and `duplex up`.
 pub fn router(handle: Handle, lease_ms: Millis) -> Router {
     let api = Api { handle, lease_ms };
     Router::new()
+        .route("/", get(page))
         .route("/v1/agents/{host}/sync", post(sync))
         .route("/v1/agents/{host}/reports", post(reports))
         .route("/v1/status", get(status))
-        .route("/v1/events", get(events))
-        .route("/v1/pairs/{pair}/fault", post(fault))
-        .route("/v1/pairs/{pair}/switchover", post(switchover))
+        .route("/v1/hosts", get(hosts))
+        .route("/v1/hosts/{host}", get(host))
+        .route("/v1/hosts/{host}/maintenance", post(host_maintenance))
         .route("/v1/hosts/{host}/faulty", post(faulty))
+        .route("/v1/pairs", get(pairs))
+        .route("/v1/pairs/{pair}", get(pair))
+        .route("/v1/pairs/{pair}/switchover", post(switchover))
+        .route("/v1/pairs/{pair}/fault", post(fault))
+        .route("/v1/units/{unit}", get(unit))
+        .route("/v1/units/{unit}/maintenance", post(unit_maintenance))
+        .route("/v1/events", get(events))
+        .route("/v1/stream", get(stream))
+        .route("/v1/config/reload", post(reload))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), auth))
         .with_state(api)
 }
 
-async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route {} {}: see /v1/openapi.json",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+/// The `token` query parameter; every other parameter is left to the handler.
+#[derive(Deserialize)]
+struct QueryToken {
+    token: Option<String>,
+}
+
+/// Bearer token in the `Authorization` header, or (GET only) a `token` query parameter, which
+/// is taken off the query before the handler sees it.
+async fn auth(State(api): State<Api>, mut req: Request, next: Next) -> Response {
     if let Some(token) = &api.handle.token {
-        let given = req
+        let header_ok = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_ref()) {
-            let body = Json(
-                serde_json::json!({ "error": "missing or wrong bearer token: send `Authorization: Bearer <token>` (the controller's `token`)" }),
-            );
-            return (StatusCode::UNAUTHORIZED, body).into_response();
+            .and_then(|v| v.strip_prefix("Bearer "))
+            == Some(token.as_ref());
+        let query_ok = req.method() == Method::GET
+            && axum::extract::Query::<QueryToken>::try_from_uri(req.uri())
+                .ok()
+                .and_then(|q| q.0.token)
+                .as_deref()
+                == Some(token.as_ref());
+        if !header_ok && !query_ok {
+            let error = "missing or wrong bearer token: send `Authorization: Bearer <token>` (the controller's `token`), or `?token=<token>` on a GET such as the status page".to_owned();
+            return (StatusCode::UNAUTHORIZED, Json(ErrorBody { error })).into_response();
         }
+    }
+    if req.method() == Method::GET {
+        strip_token(&mut req);
     }
     next.run(req).await
 }
 
+/// Removes `token=…` from the query string, so that handlers with strict parameters (and
+/// anything they log) never see it.
+fn strip_token(req: &mut Request) {
+    let Some(query) = req.uri().query() else {
+        return;
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.split('=').next() != Some("token"))
+        .collect();
+    if kept.len() == query.split('&').count() {
+        return;
+    }
+    let path = req.uri().path();
+    let path_and_query = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// The live status page: one self-contained HTML document (no external assets) that reads the
+/// token from its own URL and follows `/v1/stream` and `/v1/events`.
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // The token is in the page's URL: never send it anywhere as a referrer.
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+const INDEX_HTML: &str = include_str!("web/index.html");
+
 async fn sync(
     State(api): State<Api>,
     Path(host): Path<String>,
-    Json(req): Json<SyncRequest>,
+    Body(req): Body<SyncRequest>,
 ) -> Result<Json<SyncResponse>, ApiError> {
     let host = HostId::new(host);
     let (mut commands, mut rx, acked) = api.handle.sync(host.clone(), req).await?;
@@ -93,89 +262,317 @@ async fn sync(
 async fn reports(
     State(api): State<Api>,
     Path(host): Path<String>,
-    Json(batch): Json<ReportBatch>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Body(batch): Body<ReportBatch>,
+) -> Result<Json<Accepted>, ApiError> {
     api.handle.reports(HostId::new(host), batch).await?;
-    Ok(Json(serde_json::json!({ "ok": true })))
+    Ok(Json(Accepted::new("reports taken")))
 }
 
-async fn status(State(api): State<Api>) -> Result<Json<crate::view::StatusView>, ApiError> {
+/// A request that was accepted.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// Always true.
+    pub accepted: bool,
+    /// What happens now.
+    pub detail: String,
+}
+
+impl Accepted {
+    fn new(detail: impl Into<String>) -> Self {
+        Accepted {
+            accepted: true,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Everything at a glance: every pair with its units, roles, epoch and recovery in flight, and
+/// every host.
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, body = StatusView), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+async fn status(State(api): State<Api>) -> Result<Json<StatusView>, ApiError> {
     Ok(Json(api.handle.status().await?))
 }
 
-#[derive(Debug, Deserialize)]
+/// Every host.
+#[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = Vec<HostView>), (status = 401, body = ErrorBody)))]
+async fn hosts(State(api): State<Api>) -> Result<Json<Vec<HostView>>, ApiError> {
+    Ok(Json(api.handle.status().await?.hosts))
+}
+
+/// One host.
+#[utoipa::path(get, path = "/v1/hosts/{host}", params(("host" = String, Path, description = "host name")), responses((status = 200, body = HostView), (status = 404, body = ErrorBody)))]
+async fn host(
+    State(api): State<Api>,
+    Path(host): Path<String>,
+) -> Result<Json<HostView>, ApiError> {
+    let status = api.handle.status().await?;
+    status
+        .hosts
+        .into_iter()
+        .find(|h| h.name == host)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no host named {host}")))
+}
+
+/// Every pair.
+#[utoipa::path(get, path = "/v1/pairs", responses((status = 200, body = Vec<PairView>), (status = 401, body = ErrorBody)))]
+async fn pairs(State(api): State<Api>) -> Result<Json<Vec<PairView>>, ApiError> {
+    Ok(Json(api.handle.status().await?.pairs))
+}
+
+/// One pair.
+#[utoipa::path(get, path = "/v1/pairs/{pair}", params(("pair" = String, Path, description = "pair name")), responses((status = 200, body = PairView), (status = 404, body = ErrorBody)))]
+async fn pair(
+    State(api): State<Api>,
+    Path(pair): Path<String>,
+) -> Result<Json<PairView>, ApiError> {
+    let status = api.handle.status().await?;
+    status
+        .pairs
+        .into_iter()
+        .find(|p| p.name == pair)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no pair named {pair}")))
+}
+
+/// A unit with its pair.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UnitDetail {
+    /// The pair it belongs to.
+    pub pair: String,
+    /// The pair's epoch.
+    pub epoch: u64,
+    /// The unit.
+    #[serde(flatten)]
+    pub unit: UnitView,
+}
+
+/// One unit.
+#[utoipa::path(get, path = "/v1/units/{unit}", params(("unit" = String, Path, description = "unit name")), responses((status = 200, body = UnitDetail), (status = 404, body = ErrorBody)))]
+async fn unit(
+    State(api): State<Api>,
+    Path(unit): Path<String>,
+) -> Result<Json<UnitDetail>, ApiError> {
+    let status = api.handle.status().await?;
+    for p in status.pairs {
+        if let Some(u) = p.units.into_iter().find(|u| u.name == unit) {
+            return Ok(Json(UnitDetail {
+                pair: p.name,
+                epoch: p.epoch,
+                unit: u,
+            }));
+        }
+    }
+    Err(ApiError::NotFound(format!("no unit named {unit}")))
+}
+
+/// Filters of the event history.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct EventsParams {
+    /// Only this pair.
     pair: Option<String>,
+    /// Only this kind (`fault`, `step-started`, `role-granted`, `command`, …).
     kind: Option<String>,
+    /// Only records after this sequence number (the `next_after` of the previous page).
     after: Option<u64>,
+    /// Only records at or after this time (Unix ms).
     since_unix_ms: Option<u64>,
+    /// Only records before this time (Unix ms).
+    until_unix_ms: Option<u64>,
+    /// At most this many records (default 1000, at most 10000).
     limit: Option<usize>,
 }
 
+/// The event history, oldest first, paged by `after`.
+#[utoipa::path(get, path = "/v1/events", params(EventsParams), responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody)))]
 async fn events(
     State(api): State<Api>,
-    Query(p): Query<EventsParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Params(p): Params<EventsParams>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let limit = p.limit.unwrap_or(1000);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit} out of range: give 1 to 10000"
+        )));
+    }
     let query = HistoryQuery {
         pair: p.pair.map(PairId::new),
         kind: p.kind,
         after_seq: p.after,
         from_unix_ms: p.since_unix_ms,
-        limit: Some(p.limit.unwrap_or(1000).min(10_000)),
+        until_unix_ms: p.until_unix_ms,
+        limit: Some(limit),
         ..HistoryQuery::default()
     };
     let records = api.handle.events(query).await?;
-    Ok(Json(
-        serde_json::to_value(records).map_err(|e| ApiError::Internal(e.to_string()))?,
-    ))
+    let next_after = (records.len() == limit)
+        .then(|| records.last().map(|r| r.seq))
+        .flatten();
+    let events = records.into_iter().map(EventView::from).collect();
+    Ok(Json(EventsPage { events, next_after }))
 }
 
-#[derive(Debug, Deserialize)]
+/// Live updates for the status page: a `status` event with the whole status whenever something
+/// changed (and at least every 5 s).
+async fn stream(
+    State(api): State<Api>,
+) -> Sse<impl futures_core::Stream<Item = Result<SseEvent, Infallible>>> {
+    let handle = api.handle.clone();
+    let stream = async_stream(handle);
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn async_stream(handle: Handle) -> impl futures_core::Stream<Item = Result<SseEvent, Infallible>> {
+    let mut changes = handle.changes.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(4);
+    tokio::spawn(async move {
+        loop {
+            let Ok(view) = handle.status().await else {
+                return;
+            };
+            let Ok(event) = SseEvent::default().event("status").json_data(&view) else {
+                return;
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+            // Coalesce bursts: one update per 100 ms at most.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            changes.borrow_and_update();
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Swap ACT and SBY of a pair running duplex.
+#[utoipa::path(post, path = "/v1/pairs/{pair}/switchover", params(("pair" = String, Path)), responses((status = 200, body = Accepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the pair does not run duplex")))]
+async fn switchover(
+    State(api): State<Api>,
+    Path(pair): Path<String>,
+) -> Result<Json<Accepted>, ApiError> {
+    api.handle
+        .intent(Intent::Switchover {
+            pair: PairId::new(&*pair),
+        })
+        .await?;
+    Ok(Json(Accepted::new(format!(
+        "pair {pair}: the ACT is demoted; the SBY takes over once it released"
+    ))))
+}
+
+/// A fault to make happen for real.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct FaultBody {
+pub struct FaultBody {
     /// `act`, `sby` or a unit name.
-    unit: String,
-    kind: FaultKind,
+    #[schema(example = "act")]
+    pub unit: String,
+    /// `process`, `app`, `middleware`, `watchdog`, `os-panic`, `data-corrupt` or `host-down`.
+    #[schema(value_type = String, example = "watchdog")]
+    pub kind: FaultKind,
 }
 
+/// Make a fault happen on a unit of a pair (drills, demos, tests).
+#[utoipa::path(post, path = "/v1/pairs/{pair}/fault", params(("pair" = String, Path)), request_body = FaultBody, responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn fault(
     State(api): State<Api>,
     Path(pair): Path<String>,
-    Json(body): Json<FaultBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Body(body): Body<FaultBody>,
+) -> Result<Json<Accepted>, ApiError> {
     let sel = match body.unit.as_str() {
         "act" => UnitSelector::Act,
         "sby" => UnitSelector::Sby,
         name => UnitSelector::Named(UnitId::new(name)),
     };
     let unit = api.handle.inject(PairId::new(pair), sel, body.kind).await?;
-    Ok(Json(serde_json::json!({ "unit": unit, "kind": body.kind })))
+    Ok(Json(Accepted::new(format!(
+        "{} injected into {unit}",
+        body.kind
+    ))))
 }
 
-async fn switchover(
+/// On or off.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnOff {
+    /// On or off.
+    pub on: bool,
+}
+
+/// Take a unit out of service (an ACT only while its pair runs duplex: it switches over first).
+#[utoipa::path(post, path = "/v1/units/{unit}/maintenance", params(("unit" = String, Path)), request_body = OnOff, responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn unit_maintenance(
     State(api): State<Api>,
-    Path(pair): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Path(unit): Path<String>,
+    Body(b): Body<OnOff>,
+) -> Result<Json<Accepted>, ApiError> {
     api.handle
-        .intent(Intent::Switchover {
-            pair: PairId::new(pair),
+        .intent(Intent::UnitMaintenance {
+            unit: UnitId::new(&*unit),
+            on: b.on,
         })
         .await?;
-    Ok(Json(serde_json::json!({ "ok": true })))
+    Ok(Json(Accepted::new(format!(
+        "unit {unit} maintenance {}",
+        if b.on { "on" } else { "off" }
+    ))))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultyBody {
-    on: bool,
+/// Drain a host: no new units, its ACTs switch over (or undo it).
+#[utoipa::path(post, path = "/v1/hosts/{host}/maintenance", params(("host" = String, Path)), request_body = OnOff, responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn host_maintenance(
+    State(api): State<Api>,
+    Path(host): Path<String>,
+    Body(b): Body<OnOff>,
+) -> Result<Json<Accepted>, ApiError> {
+    api.handle
+        .intent(Intent::HostMaintenance {
+            host: HostId::new(&*host),
+            on: b.on,
+        })
+        .await?;
+    Ok(Json(Accepted::new(format!(
+        "host {host} maintenance {}",
+        if b.on { "on" } else { "off" }
+    ))))
 }
 
+/// Demo switch: while on, nothing started on the host comes up (a hardware fault).
+#[utoipa::path(post, path = "/v1/hosts/{host}/faulty", params(("host" = String, Path)), request_body = OnOff, responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn faulty(
     State(api): State<Api>,
     Path(host): Path<String>,
-    Json(body): Json<FaultyBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    api.handle.faulty(HostId::new(host), body.on).await?;
-    Ok(Json(serde_json::json!({ "ok": true })))
+    Body(b): Body<OnOff>,
+) -> Result<Json<Accepted>, ApiError> {
+    api.handle.faulty(HostId::new(&*host), b.on).await?;
+    Ok(Json(Accepted::new(format!(
+        "host {host} hardware fault {}",
+        if b.on { "on" } else { "off" }
+    ))))
+}
+
+/// Re-read the config file: engine settings and unit definitions take effect at once; adding
+/// or removing hosts or pairs needs a restart. A config that does not validate changes nothing.
+#[utoipa::path(post, path = "/v1/config/reload", responses((status = 200, body = Accepted), (status = 400, body = ErrorBody, description = "the file does not validate (file:line: field: why)"), (status = 409, body = ErrorBody)))]
+async fn reload(State(api): State<Api>) -> Result<Json<Accepted>, ApiError> {
+    let detail = api.handle.reload().await?;
+    Ok(Json(Accepted::new(detail)))
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
+    let text = api.handle.metrics().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -9,8 +9,9 @@
 pub mod config;
 mod core;
 mod http;
+mod metrics;
 pub mod view;
 
 pub use config::{Config, ConfigError};
 pub use core::{ApiError, Controller, ControllerError, Handle};
-pub use http::router;
+pub use http::{ApiDoc, router};

@@ -7,11 +7,12 @@ use std::fmt::Write as _;
 use duplex_engine::{FenceState, Health};
 use duplex_model::{Millis, Phase};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::core::Controller;
 
 /// Everything at a glance.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusView {
     /// When this was taken (Unix ms).
     pub at_unix_ms: Millis,
@@ -24,7 +25,7 @@ pub struct StatusView {
 }
 
 /// A host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HostView {
     /// Its name.
     pub name: String,
@@ -43,7 +44,7 @@ pub struct HostView {
 }
 
 /// A pair.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PairView {
     /// Its name.
     pub name: String,
@@ -53,12 +54,14 @@ pub struct PairView {
     pub duplex: bool,
     /// In words: `duplex`, `recovering (…)`, …
     pub state: String,
+    /// Age of the SBY's copy of the ACT's data, while duplex (ms).
+    pub sync_lag_ms: Option<u64>,
     /// Its two units.
     pub units: Vec<UnitView>,
 }
 
 /// A unit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UnitView {
     /// Its name.
     pub name: String,
@@ -70,10 +73,55 @@ pub struct UnitView {
     pub health: String,
     /// The step in flight, e.g. `PH2.5 reboot-os (12 s)`.
     pub step: Option<String>,
-    /// The ladder phase reached by the running escalation.
+    /// The ladder phase reached by the running escalation (`PH0.5` … `auto-heal`).
+    #[schema(value_type = Option<String>)]
     pub ladder: Option<Phase>,
     /// Restart counters by phase.
+    #[schema(value_type = BTreeMap<String, u32>)]
     pub restarts: BTreeMap<Phase, u32>,
+}
+
+/// One record of the event history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// Its sequence number (increasing; page with `after`).
+    pub seq: u64,
+    /// When (Unix ms).
+    pub at_unix_ms: u64,
+    /// What kind of record (`fault`, `step-started`, `role-granted`, `command`, `event`, …).
+    pub kind: String,
+    /// The pair, if one.
+    pub pair: Option<String>,
+    /// The unit, if one.
+    pub unit: Option<String>,
+    /// In words.
+    pub message: String,
+    /// The record as structured data.
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+}
+
+impl From<duplex_store::HistoryRecord> for EventView {
+    fn from(r: duplex_store::HistoryRecord) -> Self {
+        EventView {
+            seq: r.seq,
+            at_unix_ms: r.at_unix_ms,
+            kind: r.kind,
+            pair: r.pair.map(|p| p.to_string()),
+            unit: r.unit.map(|u| u.to_string()),
+            message: r.message,
+            body: r.body,
+        }
+    }
+}
+
+/// A page of the event history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventsPage {
+    /// The records, oldest first.
+    pub events: Vec<EventView>,
+    /// Pass this as `after` to get the next page; absent on the last page.
+    pub next_after: Option<u64>,
 }
 
 pub(crate) fn status(c: &Controller, now: Millis) -> StatusView {
@@ -119,6 +167,12 @@ pub(crate) fn status(c: &Controller, now: Millis) -> StatusView {
             epoch: p.epoch.0,
             duplex: p.duplex,
             state: duplex_engine::describe(p),
+            sync_lag_ms: p
+                .units
+                .iter()
+                .find(|u| u.role == duplex_model::Role::Act && p.duplex)
+                .and_then(|u| c.synced.get(&u.id))
+                .map(|t| now.saturating_sub(*t)),
             units: p
                 .units
                 .iter()

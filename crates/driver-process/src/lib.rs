@@ -4,7 +4,9 @@
 //! in its own process group with the unit protocol's environment (`docs/unit-protocol.md`):
 //! where its watchdog socket is, its role and epoch, the role file, its data directory. The
 //! driver reports what it sees as [`Observation`]s and decides nothing: an unrequested exit is
-//! reported, never repaired here.
+//! reported, never repaired here. The driver also runs the unit's liveness probes (`probe.rs`):
+//! for workloads that cannot pet the watchdog, a probe failing often enough in a row is
+//! reported as `ProbeFailed`.
 //!
 //! No process outlives its unit. A stop sends SIGTERM to every group, SIGKILL once the stop
 //! timeout is over, and reaps. If the driver goes away instead — dropped, or its process killed
@@ -16,6 +18,7 @@ mod group;
 mod janitor;
 mod monitor;
 mod plan;
+mod probe;
 mod proc;
 mod runtime;
 mod spawn;
@@ -37,8 +40,9 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
 
 use crate::group::{signal_group, signal_process};
 use crate::janitor::Janitor;
-use crate::monitor::{Monitor, Watchdog};
+use crate::monitor::{Monitor, Probes, Watchdog};
 use crate::plan::Plan;
+use crate::probe::ProbeContext;
 use crate::proc::Proc;
 use crate::spawn::Spawner;
 
@@ -47,18 +51,16 @@ pub const WATCHDOG_SOCKET: &str = "watchdog.sock";
 /// File name of the role file in a unit's runtime directory.
 pub const ROLE_FILE: &str = "role.json";
 
-/// Every variable of the unit protocol: inherited values are removed before the driver sets its
-/// own, so a driver running inside a unit does not leak its protocol to the units it runs.
-const PROTOCOL_VARS: [&str; 8] = [
-    env::WATCHDOG,
-    env::WATCHDOG_MS,
-    env::ROLE,
-    env::EPOCH,
-    env::ROLE_FILE,
-    env::DATA_DIR,
-    env::UNIT,
-    env::PAIR,
-];
+/// Removes every inherited `DUPLEX_*` variable from a command: the protocol variables are set
+/// afresh by the driver, and the others belong to the host's duplex processes (the agent's
+/// `DUPLEX_TOKEN`, test switches) and must not leak into units.
+pub(crate) fn scrub_env(command: &mut tokio::process::Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("DUPLEX_")) {
+            command.env_remove(key);
+        }
+    }
+}
 
 /// One process of a running unit, as [`ProcessDriver::processes`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,7 +144,8 @@ pub struct ProcessDriver {
     /// One slot per unit ever started; its lock orders the operations on that unit.
     slots: Mutex<BTreeMap<UnitId, Slot>>,
     running: Mutex<BTreeSet<UnitId>>,
-    spawner: Spawner,
+    /// Shared (weakly) with `exec` probes; the driver holds the only strong reference.
+    spawner: Arc<Spawner>,
 }
 
 impl fmt::Debug for ProcessDriver {
@@ -166,7 +169,7 @@ impl ProcessDriver {
             }),
             slots: Mutex::default(),
             running: Mutex::default(),
-            spawner: Spawner::new(),
+            spawner: Arc::new(Spawner::new()),
         }
     }
 
@@ -227,6 +230,7 @@ impl ProcessDriver {
     /// of the unit is left running and its runtime directory is gone.
     async fn launch(&self, instance: UnitInstance) -> Result<Unit, DriverError> {
         let plans = plan::plan(&instance)?;
+        let probes = probe::plan(&instance)?;
         let dir = instance.runtime_dir.clone();
         runtime::create(&dir)?;
         let prepared = runtime::write_role(&dir, instance.role, instance.epoch).and_then(|_| {
@@ -244,7 +248,21 @@ impl ProcessDriver {
             }
         };
         let grace = Duration::from_millis(instance.spec.ready_grace_ms);
-        let monitor = Monitor::start(self.shared.clone(), instance.unit.clone(), watchdog, grace);
+        let probes = Probes {
+            context: Arc::new(ProbeContext::new(
+                self.shared.clone(),
+                Arc::downgrade(&self.spawner),
+                &instance,
+            )),
+            plans: probes.into_iter().map(Arc::new).collect(),
+        };
+        let monitor = Monitor::start(
+            self.shared.clone(),
+            instance.unit.clone(),
+            watchdog,
+            grace,
+            probes,
+        );
         let procs = plans.iter().map(|_| None).collect();
         let mut unit = Unit {
             instance,
@@ -295,9 +313,7 @@ impl ProcessDriver {
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
-        for key in PROTOCOL_VARS {
-            command.env_remove(key);
-        }
+        scrub_env(&mut command);
         command.envs(plan.env.iter().map(|(k, v)| (k, v)));
         if let Some(ms) = instance.spec.watchdog_ms {
             command
@@ -337,8 +353,9 @@ impl ProcessDriver {
         Ok(())
     }
 
-    /// Stops the processes of `stop` (one batch after the other), re-arms readiness, then
-    /// spawns `spawn` in order. Processes not named keep running untouched.
+    /// Stops the probes and the processes of `stop` (one batch after the other), re-arms
+    /// readiness, then spawns `spawn` in order and starts the probes afresh. Processes not
+    /// named keep running untouched.
     async fn restart(
         &self,
         unit: &mut Unit,
@@ -346,6 +363,7 @@ impl ProcessDriver {
         spawn: &[usize],
     ) -> Result<(), DriverError> {
         let grace = unit.stop_timeout();
+        unit.monitor.pause().await;
         for batch in stop {
             let procs = unit.take(batch);
             proc::terminate(&self.shared, procs, grace).await;
@@ -358,9 +376,11 @@ impl ProcessDriver {
         Ok(())
     }
 
-    /// Stops every process (application first, then middleware) and removes the runtime dir.
+    /// Stops the probes, every process (application first, then middleware) and removes the
+    /// runtime dir.
     async fn teardown(&self, unit: &mut Unit) -> Result<(), DriverError> {
         let grace = unit.stop_timeout();
+        unit.monitor.pause().await;
         for layer in [Layer::Application, Layer::Middleware] {
             let procs = unit.take(&unit.indices(layer));
             proc::terminate(&self.shared, procs, grace).await;

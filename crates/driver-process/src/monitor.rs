@@ -1,9 +1,13 @@
-//! Readiness and the watchdog of one unit: a task that owns the unit's watchdog socket.
+//! Readiness, the watchdog and the probes of one unit: a task that owns the unit's watchdog
+//! socket and its probe tasks.
 //!
 //! With a watchdog, the first pet after a (re)start reports `Ready`; from then on a silence
 //! longer than the period reports `WatchdogMissed`, once, until the next (re)start. Without a
-//! watchdog, `Ready` comes once every process has run for the ready grace period.
+//! watchdog, `Ready` comes once every probe has passed once (a unit with probes), or once every
+//! process has run for the ready grace period (a unit without). The probes (`probe.rs`) run
+//! from the spawn of the processes until the next pause (a stop or restart begins).
 
+use std::collections::BTreeSet;
 use std::io;
 use std::os::unix::net::UnixDatagram as StdUnixDatagram;
 use std::path::Path;
@@ -14,10 +18,11 @@ use duplex_driver::{DriverError, Observation};
 use duplex_model::UnitId;
 use tokio::net::UnixDatagram;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::Shared;
+use crate::probe::{self, ProbeContext, ProbePlan};
 
 /// The unit's watchdog socket, bound by the driver.
 #[derive(Debug)]
@@ -61,11 +66,22 @@ impl Watchdog {
     }
 }
 
+/// The unit's probes and what they need to run.
+#[derive(Debug)]
+pub(crate) struct Probes {
+    pub context: Arc<ProbeContext>,
+    pub plans: Vec<Arc<ProbePlan>>,
+}
+
 enum Control {
+    /// Processes are about to be stopped: stop the probes (their `exec` processes killed);
+    /// acknowledged once done, so no probe fails because of the stop.
+    Pause(oneshot::Sender<()>),
     /// The unit's processes are being (re)started: forget earlier pets; acknowledged once done,
     /// so the new processes are spawned after it.
     Rearm(oneshot::Sender<()>),
-    /// The processes are spawned; these turn `true` when one exits (grace readiness only).
+    /// The processes are spawned; these turn `true` when one exits (grace readiness, and the
+    /// probes stop).
     Spawned(Vec<watch::Receiver<bool>>),
 }
 
@@ -79,6 +95,12 @@ enum State {
     /// Grace mode: `Ready` at `until` if every process still runs.
     Grace {
         until: Instant,
+        alive: Vec<watch::Receiver<bool>>,
+    },
+    /// Probe mode (no watchdog, some probes): `Ready` once none is `pending`, if every
+    /// process still runs.
+    Probing {
+        pending: BTreeSet<usize>,
         alive: Vec<watch::Receiver<bool>>,
     },
 }
@@ -97,10 +119,19 @@ impl Monitor {
         unit: UnitId,
         watchdog: Option<Watchdog>,
         grace: Duration,
+        probes: Probes,
     ) -> Self {
         let (control, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(shared, unit, watchdog, grace, rx));
+        let task = tokio::spawn(run(shared, unit, watchdog, grace, probes, rx));
         Self { control, task }
+    }
+
+    /// Stops the probes before processes are stopped; returns once they are gone.
+    pub(crate) async fn pause(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.control.send(Control::Pause(ack)).is_ok() {
+            let _ = done.await;
+        }
     }
 
     /// Re-arms readiness before processes are (re)spawned: the next pet is a new `Ready`.
@@ -111,7 +142,8 @@ impl Monitor {
         }
     }
 
-    /// Tells the monitor the processes are spawned (starts the grace period, if no watchdog).
+    /// Tells the monitor the processes are spawned: starts the probes, and the grace period (if
+    /// neither a watchdog nor probes).
     pub(crate) fn spawned(&self, exited: Vec<watch::Receiver<bool>>) {
         let _ = self.control.send(Control::Spawned(exited));
     }
@@ -128,11 +160,17 @@ async fn run(
     unit: UnitId,
     watchdog: Option<Watchdog>,
     grace: Duration,
+    probes: Probes,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
     let observe = |observation| {
         let _ = shared.observations.send(observation);
     };
+    // The probe tasks of the current incarnation, and the watchers that tell them when a
+    // process exits; dropped with this task, which aborts them.
+    let mut running = JoinSet::new();
+    let mut generation: u64 = 0;
+    let (passed_tx, mut passed) = mpsc::unbounded_channel::<(u64, usize)>();
     let mut state = if watchdog.is_some() {
         State::AwaitingPet
     } else {
@@ -146,12 +184,20 @@ async fn run(
                 missed: false,
             } => watchdog.as_ref().map(|w| *last + w.period),
             State::Grace { until, .. } => Some(*until),
-            State::Idle | State::AwaitingPet | State::Petting { missed: true, .. } => None,
+            State::Idle
+            | State::AwaitingPet
+            | State::Petting { missed: true, .. }
+            | State::Probing { .. } => None,
         };
         tokio::select! {
             message = control.recv() => match message {
                 None => return,
+                Some(Control::Pause(ack)) => {
+                    running.shutdown().await;
+                    let _ = ack.send(());
+                }
                 Some(Control::Rearm(ack)) => {
+                    running.shutdown().await;
                     match &watchdog {
                         Some(w) => {
                             w.drain();
@@ -162,9 +208,29 @@ async fn run(
                     let _ = ack.send(());
                 }
                 Some(Control::Spawned(alive)) => {
+                    running.shutdown().await;
+                    generation += 1;
+                    start_probes(&mut running, &probes, generation, &alive, &passed_tx);
                     if watchdog.is_none() {
-                        state = State::Grace { until: Instant::now() + grace, alive };
+                        state = if probes.plans.is_empty() {
+                            State::Grace { until: Instant::now() + grace, alive }
+                        } else {
+                            State::Probing { pending: (0..probes.plans.len()).collect(), alive }
+                        };
                     }
+                }
+            },
+            Some((from, index)) = passed.recv() => {
+                if let State::Probing { pending, alive } = &mut state
+                    && from == generation
+                    && pending.remove(&index)
+                    && pending.is_empty()
+                {
+                    if alive.iter().all(|exited| !*exited.borrow()) {
+                        tracing::debug!(unit = %unit, "every probe passed: ready");
+                        observe(Observation::Ready { unit: unit.clone() });
+                    }
+                    state = State::Idle;
                 }
             },
             received = recv(watchdog.as_ref(), &mut buf) => match received {
@@ -175,7 +241,7 @@ async fn run(
                         state = State::Petting { last: Instant::now(), missed: false };
                     }
                     State::Petting { last, .. } => *last = Instant::now(),
-                    State::Idle | State::Grace { .. } => {}
+                    State::Idle | State::Grace { .. } | State::Probing { .. } => {}
                 },
                 Err(e) => {
                     tracing::warn!(unit = %unit, error = %e, "watchdog socket");
@@ -199,9 +265,44 @@ async fn run(
                     }
                     state = State::Idle;
                 }
-                State::Idle | State::AwaitingPet => {}
+                State::Idle | State::AwaitingPet | State::Probing { .. } => {}
             },
         }
+    }
+}
+
+/// Starts one task per probe, and the watchers that turn `down` true once a process exits.
+fn start_probes(
+    running: &mut JoinSet<()>,
+    probes: &Probes,
+    generation: u64,
+    alive: &[watch::Receiver<bool>],
+    passed: &mpsc::UnboundedSender<(u64, usize)>,
+) {
+    if probes.plans.is_empty() {
+        return;
+    }
+    let (down_tx, down) = watch::channel(false);
+    for exited in alive {
+        let mut exited = exited.clone();
+        let down_tx = down_tx.clone();
+        running.spawn(async move {
+            if exited.wait_for(|exited| *exited).await.is_ok() {
+                let _ = down_tx.send(true);
+            }
+            // Keep the sender: the probes take a closed channel as "no exit ever".
+            std::future::pending::<()>().await;
+        });
+    }
+    for (index, plan) in probes.plans.iter().enumerate() {
+        running.spawn(probe::run(
+            probes.context.clone(),
+            plan.clone(),
+            index,
+            generation,
+            down.clone(),
+            passed.clone(),
+        ));
     }
 }
 

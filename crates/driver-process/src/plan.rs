@@ -119,6 +119,7 @@ mod tests {
                 vars: [("port".to_owned(), "7501".to_owned())]
                     .into_iter()
                     .collect(),
+                probes: Vec::new(),
             },
             data_dir: "/d/u1".into(),
             runtime_dir: "/r/u1".into(),

@@ -87,6 +87,7 @@ fn spec(middleware: Vec<ProcessSpec>, application: Vec<ProcessSpec>) -> UnitSpec
         ready_grace_ms: 100,
         stop_timeout_ms: 500,
         vars: BTreeMap::new(),
+        probes: Vec::new(),
     }
 }
 

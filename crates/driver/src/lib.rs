@@ -87,8 +87,9 @@ pub fn render(text: &str, vars: &BTreeMap<String, String>) -> Result<String, Dri
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "observation", rename_all = "kebab-case")]
 pub enum Observation {
-    /// The unit is up: its first watchdog pet after a (re)start, or, without a watchdog, every
-    /// process ran for the ready grace period.
+    /// The unit is up: its first watchdog pet after a (re)start; without a watchdog, every
+    /// probe passed once after it (a unit with probes), or every process ran for the ready
+    /// grace period (a unit without).
     Ready {
         /// The unit.
         unit: UnitId,
@@ -111,6 +112,18 @@ pub enum Observation {
         /// How long since the last pet.
         silent_ms: u64,
     },
+    /// A liveness probe of the unit failed `failures` times in a row. Reported once per probe,
+    /// and again only after the unit was (re)started.
+    ProbeFailed {
+        /// The unit.
+        unit: UnitId,
+        /// The probe's name.
+        probe: String,
+        /// The fault kind the probe is configured to report (`watchdog` by default).
+        fault: FaultKind,
+        /// What failed, e.g. `3 attempts in a row failed; last: connect 127.0.0.1:7501: …`.
+        detail: String,
+    },
     /// A start did not get the unit running (a process could not be spawned, …).
     StartFailed {
         /// The unit.
@@ -127,6 +140,7 @@ impl Observation {
             Observation::Ready { unit }
             | Observation::ProcessExited { unit, .. }
             | Observation::WatchdogMissed { unit, .. }
+            | Observation::ProbeFailed { unit, .. }
             | Observation::StartFailed { unit, .. } => unit,
         }
     }

@@ -52,7 +52,8 @@ pub struct UnitSpec {
     pub vars: BTreeMap<String, String>,
     /// Liveness probes the host runs against the unit, for workloads that cannot pet the
     /// watchdog themselves (`[[units.NAME.probes]]`; none by default). See [`ProbeSpec`].
-    #[serde(default)]
+    /// Left out when serialised empty, so a spec without probes reads as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ProbeSpec>,
 }
 
@@ -399,12 +400,10 @@ check = { udp = { address = "127.0.0.1:{port}", send = "ping\n", expect = "pong"
             unit("[units.x]\napplication = [{ name = \"a\", command = [\"a\"] }]\n").unwrap();
         assert!(spec.probes.is_empty());
         let json = r#"{"application":[{"name":"a","command":["a"]}]}"#;
-        assert!(
-            serde_json::from_str::<UnitSpec>(json)
-                .unwrap()
-                .probes
-                .is_empty()
-        );
+        let parsed = serde_json::from_str::<UnitSpec>(json).unwrap();
+        assert!(parsed.probes.is_empty());
+        let written = serde_json::to_string(&parsed).unwrap();
+        assert!(!written.contains("probes"), "{written}");
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct SyncRequest {
     pub controller: Option<String>,
     /// Units the agent runs now.
     pub running: Vec<UnitId>,
+    /// For each ACT unit here: when (Unix ms) its data was last saved to the init store and
+    /// copied to its SBY's copy. The controller exports the age as the SBY's sync lag.
+    #[serde(default)]
+    pub synced: std::collections::BTreeMap<UnitId, Millis>,
 }
 
 /// The controller's answer to a sync.

@@ -92,6 +92,7 @@ async fn the_sample_is_a_well_behaved_unit() {
             ready_grace_ms: 100,
             stop_timeout_ms: 2_000,
             vars: BTreeMap::new(),
+            probes: Vec::new(),
         };
         let instance = UnitInstance {
             pair: "pair-1".into(),

@@ -16,7 +16,7 @@ use duplex_store::InitStore;
 pub const BIN: &str = env!("CARGO_BIN_EXE_duplex");
 const DEADLINE: Duration = Duration::from_secs(90);
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -49,7 +49,18 @@ pub struct Up {
 impl Up {
     /// Starts `duplex up` on three hosts (host-a, host-b, spare-1) and one pair `kv`.
     pub fn start(policy: &str, extra: &[&str]) -> Up {
-        let mut up = Up::prepare(policy, 2000, extra);
+        Up::start_with(policy, 0, extra)
+    }
+
+    /// As [`Up::start`], but every start of the unit's application (boot, reboot, recreate)
+    /// takes `start_delay_ms` longer before it serves and pets its watchdog: recoveries last
+    /// long enough to be watched (e.g. a page seeing the pair DEGRADED).
+    pub fn start_slow(policy: &str, start_delay_ms: u64) -> Up {
+        Up::start_with(policy, start_delay_ms, &[])
+    }
+
+    fn start_with(policy: &str, start_delay_ms: u64, extra: &[&str]) -> Up {
+        let mut up = Up::prepare(policy, 2000, extra, start_delay_ms);
         let child = up.spawn("up", &["up", up.config.to_str().unwrap()]);
         up.children.push(child);
         up
@@ -57,7 +68,7 @@ impl Up {
 
     /// Starts `duplex controller` and one `duplex agent` per host as separate processes.
     pub fn start_split(policy: &str, lease_ms: u64) -> Up {
-        let mut up = Up::prepare(policy, lease_ms, &[]);
+        let mut up = Up::prepare(policy, lease_ms, &[], 0);
         up.start_controller();
         for (host, _) in up.ports.clone() {
             let state = up.dir.path().join("state/hosts").join(&host);
@@ -101,7 +112,7 @@ impl Up {
         c.wait().unwrap();
     }
 
-    fn prepare(policy: &str, lease_ms: u64, extra: &[&str]) -> Up {
+    fn prepare(policy: &str, lease_ms: u64, extra: &[&str], start_delay_ms: u64) -> Up {
         let dir = tempfile::Builder::new()
             .prefix("duplex-up-")
             .tempdir()
@@ -112,6 +123,15 @@ impl Up {
             ("spare-1".to_owned(), free_port()),
         ];
         let listen = free_port();
+        let application = if start_delay_ms == 0 {
+            r#"["{duplex}", "sample", "--listen", "127.0.0.1:{port}", "--data", "{data_dir}"]"#
+                .to_owned()
+        } else {
+            format!(
+                r#"["sh", "-c", "sleep {}; exec \"$0\" sample --listen 127.0.0.1:{{port}} --data \"$1\"", "{{duplex}}", "{{data_dir}}"]"#,
+                start_delay_ms as f64 / 1000.0
+            )
+        };
         let mut text = format!(
             r#"
 [controller]
@@ -133,7 +153,7 @@ sync_ms = 200
 [units.kv]
 watchdog_ms = 1000
 middleware = [{{ name = "mw", command = ["sleep", "1000000"] }}]
-application = [{{ name = "kv", command = ["{{duplex}}", "sample", "--listen", "127.0.0.1:{{port}}", "--data", "{{data_dir}}"] }}]
+application = [{{ name = "kv", command = {application} }}]
 "#
         );
         for (i, (host, port)) in ports.iter().enumerate() {

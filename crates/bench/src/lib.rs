@@ -1,0 +1,65 @@
+//! Measured comparisons, behind `duplex bench`.
+//!
+//! - [`policy_comparison`]: one scenario under every policy, repeated with the scenario's
+//!   durations perturbed by a seeded multiplicative jitter, so each figure comes with a spread and
+//!   each ratio to the ladder is taken pair by pair (the three policies of a repetition see the
+//!   same perturbed durations).
+//! - [`storm`]: the engine alone (no simulator world) while a whole rack of hosts fails at once:
+//!   wall-clock cost of each engine step, and the recovery curve in virtual time.
+//! - [`render_plots`]: SVG figures of both, plus one recovery timeline per policy
+//!   (see [`timelines`] for the reports it draws).
+//!
+//! Everything but the wall-clock latencies of [`storm`] is deterministic: same inputs, same
+//! figures, on any machine.
+#![deny(missing_docs)]
+
+mod compare;
+mod plots;
+mod stats;
+mod storm;
+
+use std::path::PathBuf;
+
+pub use compare::{
+    PolicyComparison, PolicyFigures, Repetition, RunFigures, policy_comparison, timelines,
+};
+pub use plots::{MTTR_SVG, STORM_SVG, TIMELINES_SVG, render_plots};
+pub use stats::Stats;
+pub use storm::{
+    CurvePoint, DEFAULT_STORM_HOSTS, DEFAULT_STORM_PAIRS, DEFAULT_STORM_RACK, Latency, StormReport,
+    StormTimings, storm,
+};
+
+/// Why a benchmark could not run or its figures could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An argument is out of range; the message names it and what is accepted.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The engine refused the installation (its pairs do not fit its hosts, …).
+    #[error("{context}: {source}")]
+    Engine {
+        /// What was being set up.
+        context: String,
+        /// The engine's reason.
+        #[source]
+        source: duplex_engine::EngineError,
+    },
+    /// A figure could not be drawn.
+    #[error("drawing {file}: {message}")]
+    Plot {
+        /// The figure's file name.
+        file: String,
+        /// What plotters said.
+        message: String,
+    },
+    /// A file or directory could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,515 @@
+//! Every endpoint of the v1 API against an in-process controller (memory store, no agents):
+//! good requests, bad bodies, unknown names, missing or wrong auth — and that a refused
+//! request leaves no trace.
+
+use std::time::Duration;
+
+use duplex_controller::{Config, Controller};
+use duplex_store::MemoryStore;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const CONFIG: &str = r#"
+[controller]
+token = "t0k"
+lease_ms = 600000
+
+[units.kv]
+application = [{ name = "kv", command = ["sleep", "100"] }]
+
+[[hosts]]
+name = "h1"
+[[hosts]]
+name = "h2"
+[[hosts]]
+name = "s1"
+spare = true
+
+[[pairs]]
+name = "kv"
+unit = "kv"
+act = "h1"
+sby = "h2"
+"#;
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duplex.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let (controller, handle) =
+            Controller::new(cfg, Box::new(MemoryStore::new()), Some("t0k".into())).unwrap();
+        tokio::spawn(controller.run());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, duplex_controller::router(handle, 600_000)).await
+        });
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Api {
+            base: format!("http://{addr}"),
+            http,
+            dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call("GET", path, Some("t0k"), None).await
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (StatusCode, Value) {
+        self.call("POST", path, Some("t0k"), Some(body)).await
+    }
+
+    async fn event_count(&self) -> usize {
+        self.get("/v1/events?limit=10000").await.1["events"]
+            .as_array()
+            .unwrap()
+            .len()
+    }
+}
+
+fn error(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {v}"))
+}
+
+#[tokio::test]
+async fn every_route_needs_the_token_and_a_refused_request_leaves_no_trace() {
+    let api = Api::start().await;
+    let before = api.event_count().await;
+    let routes = [
+        ("GET", "/v1/status"),
+        ("GET", "/v1/hosts"),
+        ("GET", "/v1/hosts/h1"),
+        ("GET", "/v1/pairs"),
+        ("GET", "/v1/pairs/kv"),
+        ("GET", "/v1/units/kv-1"),
+        ("GET", "/v1/events"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/pairs/kv/switchover"),
+        ("POST", "/v1/pairs/kv/fault"),
+        ("POST", "/v1/units/kv-1/maintenance"),
+        ("POST", "/v1/hosts/h1/maintenance"),
+        ("POST", "/v1/hosts/h1/faulty"),
+        ("POST", "/v1/config/reload"),
+        ("POST", "/v1/agents/h1/sync"),
+        ("POST", "/v1/agents/h1/reports"),
+    ];
+    for (method, path) in routes {
+        for token in [None, Some("wrong")] {
+            let (status, body) = api
+                .call(
+                    method,
+                    path,
+                    token,
+                    Some("{\"on\":true,\"unit\":\"act\",\"kind\":\"watchdog\"}"),
+                )
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}"
+            );
+            assert!(error(&body).contains("bearer token"), "{body}");
+        }
+    }
+    assert_eq!(
+        api.event_count().await,
+        before,
+        "a refused request left a trace"
+    );
+    let (_, status) = api.get("/v1/status").await;
+    assert_eq!(
+        status["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["faulty"] == true)
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn reads_return_the_state_and_unknown_names_are_404() {
+    let api = Api::start().await;
+    let (s, status) = api.get("/v1/status").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(status["policy"], "duplex-restart");
+    let (s, hosts) = api.get("/v1/hosts").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(hosts.as_array().unwrap().len(), 3);
+    let (_, h) = api.get("/v1/hosts/s1").await;
+    assert_eq!(h["spare"], true);
+    let (_, pairs) = api.get("/v1/pairs").await;
+    assert_eq!(pairs[0]["name"], "kv");
+    let (_, p) = api.get("/v1/pairs/kv").await;
+    assert_eq!(p["epoch"], 1);
+    assert_eq!(p["units"][0]["name"], "kv-1");
+    let (_, u) = api.get("/v1/units/kv-2").await;
+    assert_eq!(
+        (u["pair"].as_str(), u["role"].as_str(), u["host"].as_str()),
+        (Some("kv"), Some("sby"), Some("h2"))
+    );
+    for path in [
+        "/v1/hosts/nope",
+        "/v1/pairs/nope",
+        "/v1/units/nope",
+        "/v1/nothing-here",
+    ] {
+        let (s, body) = api.get(path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            error(&body).contains("nope") || error(&body).contains("no route"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn operator_actions_validate_their_bodies_and_names() {
+    let api = Api::start().await;
+    let before = api.event_count().await;
+    // Bad bodies: not JSON, missing field, unknown field, unknown fault kind.
+    for body in [
+        "not json",
+        "{}",
+        "{\"unit\":\"act\",\"kind\":\"watchdog\",\"extra\":1}",
+        "{\"unit\":\"act\",\"kind\":\"meltdown\"}",
+    ] {
+        let (s, b) = api.post("/v1/pairs/kv/fault", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {b}");
+        assert!(error(&b).starts_with("bad request body"), "{b}");
+    }
+    let (_, b) = api
+        .post(
+            "/v1/pairs/kv/fault",
+            "{\"unit\":\"act\",\"kind\":\"meltdown\"}",
+        )
+        .await;
+    assert!(error(&b).contains("meltdown"), "{b}");
+    for (path, body) in [
+        (
+            "/v1/pairs/nope/fault",
+            "{\"unit\":\"act\",\"kind\":\"process\"}",
+        ),
+        ("/v1/pairs/nope/switchover", "{}"),
+        ("/v1/units/nope/maintenance", "{\"on\":true}"),
+        ("/v1/hosts/nope/maintenance", "{\"on\":true}"),
+        ("/v1/hosts/nope/faulty", "{\"on\":true}"),
+    ] {
+        let (s, b) = api.post(path, body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {b}");
+        assert!(error(&b).contains("nope"), "{b}");
+    }
+    for path in [
+        "/v1/units/kv-1/maintenance",
+        "/v1/hosts/h1/maintenance",
+        "/v1/hosts/h1/faulty",
+    ] {
+        let (s, b) = api.post(path, "{\"on\":\"yes\"}").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {b}");
+    }
+    assert_eq!(
+        api.event_count().await,
+        before,
+        "refused actions left a trace"
+    );
+
+    // The pair is still booting (no agent answers here): it does not run duplex.
+    let (s, b) = api.post("/v1/pairs/kv/switchover", "").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(error(&b).contains("duplex"), "{b}");
+    let (s, b) = api
+        .post(
+            "/v1/pairs/kv/fault",
+            "{\"unit\":\"kv-9\",\"kind\":\"process\"}",
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+
+    // Accepted actions are recorded.
+    let (s, b) = api.post("/v1/hosts/s1/maintenance", "{\"on\":true}").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, h) = api.get("/v1/hosts/s1").await;
+    assert_eq!(h["state"], "maintenance");
+    let (s, _) = api.post("/v1/hosts/h1/faulty", "{\"on\":true}").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = api
+        .post("/v1/units/kv-2/maintenance", "{\"on\":true}")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, u) = api.get("/v1/units/kv-2").await;
+    assert_eq!(u["health"], "maintenance");
+    let (s, b) = api
+        .post(
+            "/v1/pairs/kv/fault",
+            "{\"unit\":\"act\",\"kind\":\"process\"}",
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(api.event_count().await > before);
+}
+
+#[tokio::test]
+async fn events_filter_and_page() {
+    let api = Api::start().await;
+    let (_, all) = api.get("/v1/events?limit=10000").await;
+    let all = all["events"].as_array().unwrap().clone();
+    assert!(all.len() >= 3, "boot records: {all:?}");
+    let (_, page) = api.get("/v1/events?limit=2").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    let after = page["next_after"].as_u64().unwrap();
+    let (_, next) = api.get(&format!("/v1/events?limit=2&after={after}")).await;
+    assert_eq!(next["events"][0]["seq"], all[2]["seq"]);
+    let (_, kinds) = api.get("/v1/events?kind=step-started").await;
+    assert!(
+        kinds["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] == "step-started")
+    );
+    let (_, pair) = api.get("/v1/events?pair=kv").await;
+    assert!(
+        pair["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["pair"] == "kv")
+    );
+    for bad in [
+        "/v1/events?limit=0",
+        "/v1/events?limit=abc",
+        "/v1/events?colour=red",
+    ] {
+        let (s, b) = api.get(bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+    }
+}
+
+#[tokio::test]
+async fn openapi_describes_every_operator_route_and_metrics_are_exposed() {
+    let api = Api::start().await;
+    let (s, doc) = api.get("/v1/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    for path in [
+        "/v1/status",
+        "/v1/hosts",
+        "/v1/hosts/{host}",
+        "/v1/pairs",
+        "/v1/pairs/{pair}",
+        "/v1/units/{unit}",
+        "/v1/events",
+        "/v1/pairs/{pair}/switchover",
+        "/v1/pairs/{pair}/fault",
+        "/v1/units/{unit}/maintenance",
+        "/v1/hosts/{host}/maintenance",
+        "/v1/hosts/{host}/faulty",
+        "/v1/config/reload",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let (s, text) = api.get("/metrics").await;
+    assert_eq!(s, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    for needle in [
+        "duplex_pair_epoch{pair=\"kv\"} 1",
+        "duplex_unit_role{pair=\"kv\",unit=\"kv-1\",role=\"act\"} 1",
+        "duplex_agent_heartbeat_age_seconds{host=\"h1\"}",
+        "duplex_pair_duplex{pair=\"kv\"} 0",
+    ] {
+        assert!(text.contains(needle), "{needle} not in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn config_reload_applies_engine_settings_and_refuses_bad_or_structural_changes() {
+    let api = Api::start().await;
+    let path = api.dir.path().join("duplex.toml");
+    let (s, b) = api.post("/v1/config/reload", "").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    std::fs::write(
+        &path,
+        CONFIG.replace(
+            "[units.kv]",
+            "[engine]\npolicy = \"hot-takeover\"\n\n[units.kv]",
+        ),
+    )
+    .unwrap();
+    let (s, b) = api.post("/v1/config/reload", "").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(api.get("/v1/status").await.1["policy"], "hot-takeover");
+
+    std::fs::write(&path, CONFIG.replace("spare = true", "spare = maybe")).unwrap();
+    let (s, b) = api.post("/v1/config/reload", "").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(
+        error(&b).contains("duplex.toml:15:") && error(&b).contains("spare"),
+        "{b}"
+    );
+    assert_eq!(
+        api.get("/v1/status").await.1["policy"],
+        "hot-takeover",
+        "nothing changed"
+    );
+
+    std::fs::write(&path, format!("{CONFIG}\n[[hosts]]\nname = \"h9\"\n")).unwrap();
+    let (s, b) = api.post("/v1/config/reload", "").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(error(&b).contains("restart"), "{b}");
+}
+
+#[tokio::test]
+async fn browsers_pass_the_token_as_a_query_parameter_on_gets_only() {
+    let api = Api::start().await;
+    // The status page: one self-contained document.
+    let resp = api
+        .http
+        .get(format!("{}/?token=t0k", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("EventSource") && html.contains("/v1/stream") && html.contains("/v1/events"),
+        "{html}"
+    );
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "<link",
+        "@import",
+        "<script src",
+    ] {
+        assert!(
+            !html.contains(external),
+            "the page loads nothing from elsewhere: {external}"
+        );
+    }
+    let (s, _) = api.get("/").await;
+    assert_eq!(s, StatusCode::OK, "the header still works");
+
+    // The live stream: its first event is the whole status.
+    let mut resp = api
+        .http
+        .get(format!("{}/v1/stream?token=t0k", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("a status event within 10 s")
+            .unwrap()
+            .expect("more of the stream");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("event: status\n"), "{text}");
+    let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let status: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(status["pairs"][0]["name"], "kv");
+    drop(resp);
+
+    // The history with its filters: the token is not taken for an unknown parameter.
+    let (s, page) = api
+        .call("GET", "/v1/events?pair=kv&token=t0k&limit=5", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["pair"] == "kv"),
+        "{page}"
+    );
+
+    // A wrong or missing token in the query is refused like a wrong header.
+    let before = api.event_count().await;
+    for path in [
+        "/?token=wrong",
+        "/",
+        "/?token=",
+        "/?tok=t0k",
+        "/v1/stream?token=wrong",
+        "/v1/stream",
+        "/v1/status?token=T0K",
+        "/v1/events?pair=kv&token=wrong",
+    ] {
+        let (s, body) = api.call("GET", path, None, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(error(&body).contains("token"), "{body}");
+    }
+    // Only GETs: an action with the token in its query is refused and leaves no trace.
+    for (path, body) in [
+        ("/v1/hosts/h1/faulty?token=t0k", "{\"on\":true}"),
+        (
+            "/v1/pairs/kv/fault?token=t0k",
+            "{\"unit\":\"act\",\"kind\":\"process\"}",
+        ),
+    ] {
+        let (s, b) = api.call("POST", path, None, Some(body)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}: {b}");
+    }
+    assert_eq!(
+        api.event_count().await,
+        before,
+        "a refused request left a trace"
+    );
+}

@@ -1,0 +1,688 @@
+//! Liveness probes of the process driver, against real processes (`python3`, `/bin/sh`).
+//!
+//! Same rules as `process_driver.rs`: every wait has a deadline and every test a limit, each
+//! unit has a unique name, and each test ends by checking that no process carrying the unit's
+//! `DUPLEX_UNIT` is alive (`exec` probes carry it too). The driver is dropped before the
+//! temporary directory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use duplex_driver::{Driver, DriverError, Observation, UnitInstance};
+use duplex_driver_process::ProcessDriver;
+use duplex_model::{
+    Epoch, FaultKind, HttpCheck, ProbeCheck, ProbeSpec, ProcessSpec, Role, UdpCheck, UnitId,
+    UnitSpec,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::time::{Instant, sleep, timeout};
+
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
+
+/// A server for every kind of probe, on `127.0.0.1:PORT` (argv[1]) once `$DUPLEX_DATA_DIR/go`
+/// exists: TCP (an HTTP/1.0 answer with the status in `$DUPLEX_DATA_DIR/status`, 200 by
+/// default, to whoever sends a request) and UDP (`pong ` + the datagram). SIGUSR2 closes both
+/// sockets; the process keeps running.
+const SERVER: &str = r#"
+import os, signal, socket, sys, threading, time
+port = int(sys.argv[1])
+data = os.environ["DUPLEX_DATA_DIR"]
+while not os.path.exists(os.path.join(data, "go")):
+    time.sleep(0.02)
+tcp = socket.socket()
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("127.0.0.1", port))
+tcp.listen(64)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("127.0.0.1", port))
+down = threading.Event()
+signal.signal(signal.SIGUSR2, lambda *_: down.set())
+
+def status():
+    try:
+        return open(os.path.join(data, "status")).read().strip() or "200"
+    except OSError:
+        return "200"
+
+def serve(conn):
+    conn.settimeout(2)
+    try:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(1024)
+            if not chunk:
+                return
+            head += chunk
+        conn.sendall(("HTTP/1.0 %s X\r\nContent-Length: 0\r\n\r\n" % status()).encode())
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+def accept():
+    tcp.settimeout(0.05)
+    while not down.is_set():
+        try:
+            conn, _ = tcp.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    tcp.close()
+
+def echo():
+    udp.settimeout(0.05)
+    while not down.is_set():
+        try:
+            msg, peer = udp.recvfrom(2048)
+        except socket.timeout:
+            continue
+        udp.sendto(b"pong " + msg, peer)
+    udp.close()
+
+threading.Thread(target=accept, daemon=True).start()
+threading.Thread(target=echo, daemon=True).start()
+while True:
+    time.sleep(1)
+"#;
+
+async fn bounded(test: impl Future<Output = ()>) {
+    timeout(TEST_LIMIT, test)
+        .await
+        .expect("the test took longer than its limit");
+}
+
+fn unit_id(test: &str) -> UnitId {
+    UnitId::new(format!("probe-{test}-{}", std::process::id()))
+}
+
+fn process(name: &str, argv: &[&str]) -> ProcessSpec {
+    ProcessSpec {
+        name: name.into(),
+        command: argv.iter().map(|s| (*s).to_owned()).collect(),
+        env: BTreeMap::new(),
+        cwd: None,
+    }
+}
+
+fn server() -> ProcessSpec {
+    process("srv", &["python3", "-c", SERVER, "{port}"])
+}
+
+/// A port that was free a moment ago, for TCP and UDP.
+fn free_port() -> String {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    std::net::UdpSocket::bind(("127.0.0.1", port))
+        .map_or_else(|_| free_port(), |_| port.to_string())
+}
+
+fn probe(name: &str, check: ProbeCheck) -> ProbeSpec {
+    ProbeSpec {
+        name: name.into(),
+        check,
+        interval_ms: 100,
+        timeout_ms: 500,
+        // A second (python, on a loaded machine) to come up: failures count from the start.
+        failures: 10,
+        fault: FaultKind::Watchdog,
+        start_after_ms: 0,
+    }
+}
+
+fn exec(script: &str) -> ProbeCheck {
+    ProbeCheck::Exec(vec!["/bin/sh".into(), "-c".into(), script.into()])
+}
+
+fn spec(application: Vec<ProcessSpec>, probes: Vec<ProbeSpec>) -> UnitSpec {
+    UnitSpec {
+        middleware: vec![],
+        application,
+        watchdog_ms: None,
+        ready_grace_ms: 100,
+        stop_timeout_ms: 500,
+        vars: [("port".to_owned(), free_port())].into_iter().collect(),
+        probes,
+    }
+}
+
+struct Rig {
+    driver: ProcessDriver,
+    rx: UnboundedReceiver<Observation>,
+    dir: TempDir,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let (tx, rx) = unbounded_channel();
+        Self {
+            driver: ProcessDriver::new(tx),
+            rx,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn data_dir(&self, unit: &UnitId) -> PathBuf {
+        self.dir.path().join("data").join(unit.as_str())
+    }
+
+    fn runtime_dir(&self, unit: &UnitId) -> PathBuf {
+        self.dir.path().join("run").join(unit.as_str())
+    }
+
+    fn instance(&self, unit: &UnitId, spec: UnitSpec) -> UnitInstance {
+        fs::create_dir_all(self.data_dir(unit)).unwrap();
+        UnitInstance {
+            pair: "pair-1".into(),
+            unit: unit.clone(),
+            host: "host-a".into(),
+            spec,
+            data_dir: self.data_dir(unit),
+            runtime_dir: self.runtime_dir(unit),
+            role: Role::Sby,
+            epoch: Epoch(2),
+        }
+    }
+
+    async fn next(&mut self) -> Observation {
+        match timeout(WAIT, self.rx.recv()).await {
+            Ok(Some(observation)) => observation,
+            Ok(None) => panic!("the observation channel closed"),
+            Err(_) => panic!("no observation within {WAIT:?}"),
+        }
+    }
+
+    async fn nothing_for(&mut self, quiet: Duration) {
+        if let Ok(observation) = timeout(quiet, self.rx.recv()).await {
+            panic!("unexpected observation {observation:?}");
+        }
+    }
+
+    /// The next observation, which must be a `ProbeFailed`: `(probe, fault, detail)`.
+    async fn probe_failed(&mut self, unit: &UnitId) -> (String, FaultKind, String) {
+        match self.next().await {
+            Observation::ProbeFailed {
+                unit: u,
+                probe,
+                fault,
+                detail,
+            } => {
+                assert_eq!(&u, unit);
+                (probe, fault, detail)
+            }
+            other => panic!("expected ProbeFailed, got {other:?}"),
+        }
+    }
+
+    async fn pid(&self, unit: &UnitId, name: &str) -> Pid {
+        let status = self.driver.processes(unit).await.unwrap();
+        let pid = status
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.pid)
+            .unwrap_or_else(|| panic!("{name} does not run"));
+        Pid::from_raw(i32::try_from(pid).unwrap())
+    }
+}
+
+fn ready(unit: &UnitId) -> Observation {
+    Observation::Ready { unit: unit.clone() }
+}
+
+fn alive(pid: Pid) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .next()
+        .unwrap();
+    !matches!(state, "Z" | "X")
+}
+
+fn unit_processes(unit: &UnitId) -> Vec<Pid> {
+    let marker = format!("DUPLEX_UNIT={unit}");
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .map(Pid::from_raw)
+        .filter(|&pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .filter(|&pid| alive(pid))
+        .collect()
+}
+
+async fn assert_gone(unit: &UnitId) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = unit_processes(unit);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of {unit} survive: {left:?}"
+        );
+        sleep(POLL).await;
+    }
+}
+
+async fn assert_dead(pid: Pid) {
+    let deadline = Instant::now() + WAIT;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} survives");
+        sleep(POLL).await;
+    }
+}
+
+/// Waits for `path` to hold a PID (a line), removes the file, and returns the PID.
+async fn take_pid(path: &Path) -> Pid {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(text) = fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            fs::remove_file(path).unwrap();
+            return Pid::from_raw(text.trim().parse().unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} was not written",
+            path.display()
+        );
+        sleep(POLL).await;
+    }
+}
+
+#[tokio::test]
+async fn tcp_and_udp_probes_make_a_unit_ready_and_fail_once_with_their_fault() {
+    bounded(async {
+        let mut rig = Rig::new();
+        let unit = unit_id("tcp");
+        let mut tcp = probe("port", ProbeCheck::Tcp("127.0.0.1:{port}".into()));
+        tcp.fault = FaultKind::OsPanic;
+        let mut udp = probe(
+            "echo",
+            ProbeCheck::Udp(UdpCheck {
+                address: "127.0.0.1:{port}".into(),
+                send: "ping {unit}".into(),
+                expect: Some("pong ping {unit}".into()),
+            }),
+        );
+        udp.fault = FaultKind::App;
+        udp.failures = 8;
+        let spec = spec(vec![server()], vec![tcp, udp]);
+        rig.driver.start(rig.instance(&unit, spec)).await.unwrap();
+
+        // Not ready while the server does not listen, although the grace period is over.
+        rig.nothing_for(Duration::from_millis(300)).await;
+        fs::write(rig.data_dir(&unit).join("go"), "").unwrap();
+        assert_eq!(rig.next().await, ready(&unit));
+        // Passing probes are not news.
+        rig.nothing_for(Duration::from_millis(500)).await;
+
+        // A (re)start re-arms readiness on the probes.
+        rig.driver.restart_application(&unit).await.unwrap();
+        assert_eq!(rig.next().await, ready(&unit));
+
+        // The server closes its sockets but keeps running: each probe fails, once.
+        kill(rig.pid(&unit, "srv").await, Signal::SIGUSR2).unwrap();
+        let mut failed = vec![rig.probe_failed(&unit).await, rig.probe_failed(&unit).await];
+        failed.sort();
+        let [
+            (echo, echo_fault, echo_detail),
+            (port, port_fault, port_detail),
+        ] = <[_; 2]>::try_from(failed).unwrap();
+        assert_eq!((echo.as_str(), echo_fault), ("echo", FaultKind::App));
+        assert!(
+            echo_detail.starts_with("8 attempts in a row failed; last: udp 127.0.0.1:"),
+            "{echo_detail}"
+        );
+        assert_eq!((port.as_str(), port_fault), ("port", FaultKind::OsPanic));
+        assert!(
+            port_detail.starts_with("10 attempts in a row failed; last: tcp 127.0.0.1:")
+                && port_detail.contains("refused"),
+            "{port_detail}"
+        );
+        rig.nothing_for(Duration::from_millis(800)).await;
+
+        // Restarted, the unit is ready again and its probes armed again.
+        rig.driver.restart_application(&unit).await.unwrap();
+        assert_eq!(rig.next().await, ready(&unit));
+        kill(rig.pid(&unit, "srv").await, Signal::SIGUSR2).unwrap();
+        let mut again = vec![
+            rig.probe_failed(&unit).await.0,
+            rig.probe_failed(&unit).await.0,
+        ];
+        again.sort();
+        assert_eq!(again, ["echo", "port"]);
+
+        rig.driver.stop(&unit).await.unwrap();
+        rig.nothing_for(Duration::from_millis(300)).await;
+        assert_gone(&unit).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http_probes_pass_on_2xx_and_3xx_or_on_their_expected_status() {
+    bounded(async {
+        let mut rig = Rig::new();
+        let unit = unit_id("http");
+        let any = probe(
+            "health",
+            ProbeCheck::Http(HttpCheck {
+                url: "http://127.0.0.1:{port}/health?unit={unit}".into(),
+                expect_status: None,
+            }),
+        );
+        let mut strict = probe(
+            "strict",
+            ProbeCheck::Http(HttpCheck {
+                url: "http://localhost:{port}".into(),
+                expect_status: Some(200),
+            }),
+        );
+        strict.fault = FaultKind::Middleware;
+        let spec = spec(vec![server()], vec![any, strict]);
+        let data = rig.data_dir(&unit);
+        rig.driver.start(rig.instance(&unit, spec)).await.unwrap();
+        fs::write(data.join("go"), "").unwrap();
+        assert_eq!(rig.next().await, ready(&unit));
+
+        // A redirect passes `health`, not `strict`.
+        fs::write(data.join("status"), "302").unwrap();
+        let (probe, fault, detail) = rig.probe_failed(&unit).await;
+        assert_eq!((probe.as_str(), fault), ("strict", FaultKind::Middleware));
+        assert!(
+            detail.contains("GET http://localhost:") && detail.contains("status 302, want 200"),
+            "{detail}"
+        );
+        rig.nothing_for(Duration::from_millis(500)).await;
+
+        fs::write(data.join("status"), "503").unwrap();
+        let (probe, fault, detail) = rig.probe_failed(&unit).await;
+        assert_eq!((probe.as_str(), fault), ("health", FaultKind::Watchdog));
+        assert!(detail.contains("status 503, want 2xx or 3xx"), "{detail}");
+        rig.nothing_for(Duration::from_millis(500)).await;
+
+        rig.driver.stop(&unit).await.unwrap();
+        assert_gone(&unit).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exec_probes_report_the_exit_and_a_hung_probe_is_killed_with_its_group() {
+    bounded(async {
+        let mut rig = Rig::new();
+        let unit = unit_id("exec");
+        // Fails (exit 1, saying why) while `fail` exists; hangs, with a grandchild, while
+        // `hang` exists; passes otherwise. It runs in the runtime dir, with the unit's env.
+        let script = r#"test "$PWD" = "{runtime_dir}" && test "$DUPLEX_UNIT" = "{unit}" || exit 9
+            test -z "$DUPLEX_WATCHDOG" || exit 9
+            if [ -e "$DUPLEX_DATA_DIR/fail" ]; then echo "broken: $DUPLEX_UNIT" >&2; exit 1; fi
+            if [ -e "$DUPLEX_DATA_DIR/hang" ]; then
+              echo $$ > "$DUPLEX_DATA_DIR/probe.pid"
+              (trap '' TERM; exec sleep 300) & echo $! > "$DUPLEX_DATA_DIR/grandchild.pid"
+              wait
+            fi"#;
+        let mut check = probe("script", exec(script));
+        check.timeout_ms = 300;
+        check.failures = 1;
+        check.fault = FaultKind::Process;
+        let spec = spec(vec![process("app", &["sleep", "300"])], vec![check]);
+        let data = rig.data_dir(&unit);
+        rig.driver.start(rig.instance(&unit, spec)).await.unwrap();
+        assert_eq!(rig.next().await, ready(&unit));
+
+        fs::write(data.join("fail"), "").unwrap();
+        let (probe, fault, detail) = rig.probe_failed(&unit).await;
+        assert_eq!((probe.as_str(), fault), ("script", FaultKind::Process));
+        assert!(
+            detail.starts_with("`/bin/sh -c test \"$PWD\" = ")
+                && detail.contains("exit status: 1: broken: probe-exec-"),
+            "{detail}"
+        );
+        rig.nothing_for(Duration::from_millis(400)).await;
+
+        fs::remove_file(data.join("fail")).unwrap();
+        fs::write(data.join("hang"), "").unwrap();
+        rig.driver.restart_application(&unit).await.unwrap();
+        // The probe hangs from the first attempt: no `Ready`, a failure after the timeout.
+        let probe_pid = take_pid(&data.join("probe.pid")).await;
+        let grandchild = take_pid(&data.join("grandchild.pid")).await;
+        let (_, _, detail) = rig.probe_failed(&unit).await;
+        assert!(
+            detail.contains("did not finish within 300 ms (killed)"),
+            "{detail}"
+        );
+        assert_dead(probe_pid).await;
+        assert_dead(grandchild).await;
+        rig.nothing_for(Duration::from_millis(400)).await;
+        assert!(!data.join("probe.pid").exists(), "the probe ended for good");
+        assert_eq!(unit_processes(&unit).len(), 1, "only the application runs");
+
+        rig.driver.stop(&unit).await.unwrap();
+        assert_gone(&unit).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn probes_stop_and_restart_with_the_unit_and_leave_no_process() {
+    bounded(async {
+        let mut rig = Rig::new();
+        let unit = unit_id("lifecycle");
+        // Every attempt hangs (well within its timeout) with a grandchild ignoring SIGTERM.
+        let script = r#"echo $$ > "$DUPLEX_DATA_DIR/probe.pid"
+            (trap '' TERM; exec sleep 300) & echo $! > "$DUPLEX_DATA_DIR/grandchild.pid"
+            trap '' TERM; wait"#;
+        let mut check = probe("slow", exec(script));
+        check.timeout_ms = 30_000;
+        let spec = spec(vec![process("app", &["sleep", "300"])], vec![check]);
+        let data = rig.data_dir(&unit);
+        rig.driver
+            .start(rig.instance(&unit, spec.clone()))
+            .await
+            .unwrap();
+
+        // A restart kills the attempt under way (and is no failure), then probes again.
+        let first = [
+            take_pid(&data.join("probe.pid")).await,
+            take_pid(&data.join("grandchild.pid")).await,
+        ];
+        rig.driver.restart_application(&unit).await.unwrap();
+        for pid in first {
+            assert_dead(pid).await;
+        }
+        let second = [
+            take_pid(&data.join("probe.pid")).await,
+            take_pid(&data.join("grandchild.pid")).await,
+        ];
+        assert_eq!(unit_processes(&unit).len(), 3, "app, probe, its grandchild");
+
+        // So does a stop.
+        rig.driver.stop(&unit).await.unwrap();
+        for pid in second {
+            assert_dead(pid).await;
+        }
+        assert_gone(&unit).await;
+        rig.nothing_for(Duration::from_millis(300)).await;
+        assert!(!data.join("probe.pid").exists(), "no probe after the stop");
+
+        // And dropping the driver kills an attempt under way.
+        rig.driver.start(rig.instance(&unit, spec)).await.unwrap();
+        let third = take_pid(&data.join("probe.pid")).await;
+        let Rig { driver, rx, dir } = rig;
+        drop(driver);
+        assert_dead(third).await;
+        assert_gone(&unit).await;
+        drop((rx, dir));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_process_exit_is_not_reported_again_as_a_probe_failure() {
+    bounded(async {
+        let mut rig = Rig::new();
+        let unit = unit_id("exit");
+        let spec = spec(
+            vec![server()],
+            vec![probe("port", ProbeCheck::Tcp("127.0.0.1:{port}".into()))],
+        );
+        fs::create_dir_all(rig.data_dir(&unit)).unwrap();
+        fs::write(rig.data_dir(&unit).join("go"), "").unwrap();
+        rig.driver.start(rig.instance(&unit, spec)).await.unwrap();
+        assert_eq!(rig.next().await, ready(&unit));
+
+        rig.driver.inject(&unit, FaultKind::Process).await.unwrap();
+        assert!(matches!(
+            rig.next().await,
+            Observation::ProcessExited { .. }
+        ));
+        // Ten failures would take a second: the probe stopped at the exit.
+        rig.nothing_for(Duration::from_millis(1_500)).await;
+
+        // The reset brings the probe back.
+        rig.driver.reset_process(&unit, None).await.unwrap();
+        assert_eq!(rig.next().await, ready(&unit));
+        kill(rig.pid(&unit, "srv").await, Signal::SIGUSR2).unwrap();
+        assert_eq!(rig.probe_failed(&unit).await.0, "port");
+
+        rig.driver.stop(&unit).await.unwrap();
+        assert_gone(&unit).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_a_watchdog_the_pet_means_ready_and_probes_still_report() {
+    bounded(async {
+        let mut rig = Rig::new();
+        let unit = unit_id("watchdog");
+        let petter = process(
+            "app",
+            &[
+                "python3",
+                "-c",
+                "import os, socket, time\n\
+                 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                 while True:\n    s.sendto(b'pet', os.environ['DUPLEX_WATCHDOG']); time.sleep(0.2)\n",
+            ],
+        );
+        let mut check = probe("file", exec(r#"test -e "$DUPLEX_DATA_DIR/ok""#));
+        check.failures = 2;
+        let mut spec = spec(vec![petter], vec![check]);
+        spec.watchdog_ms = Some(3_000);
+        rig.driver.start(rig.instance(&unit, spec)).await.unwrap();
+        // The probe never passes, yet the pet makes the unit ready; failures before any pass
+        // count.
+        let mut seen = vec![format!("{:?}", rig.next().await), format!("{:?}", rig.next().await)];
+        seen.sort();
+        assert!(seen[0].starts_with("ProbeFailed") && seen[0].contains("exit status: 1"), "{seen:?}");
+        assert!(seen[1].starts_with("Ready"), "{seen:?}");
+        rig.nothing_for(Duration::from_millis(400)).await;
+        rig.driver.stop(&unit).await.unwrap();
+        assert_gone(&unit).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_probes_are_refused_at_start_naming_the_probe() {
+    bounded(async {
+        let rig = Rig::new();
+        let unit = unit_id("bad");
+        let app = || vec![process("app", &["sleep", "300"])];
+        let mut zero = probe("z", ProbeCheck::Tcp("127.0.0.1:1".into()));
+        zero.failures = 0;
+        let cases = [
+            (
+                probe("port", ProbeCheck::Tcp("127.0.0.1:{no_such_var}".into())),
+                vec!["probe \"port\"", "{no_such_var}"],
+            ),
+            (
+                probe("ping", exec("redis-cli -p {nope} ping")),
+                vec!["probe \"ping\"", "{nope}"],
+            ),
+            (
+                probe(
+                    "tls",
+                    ProbeCheck::Http(HttpCheck {
+                        url: "https://127.0.0.1:{port}/".into(),
+                        expect_status: None,
+                    }),
+                ),
+                vec!["probe \"tls\"", "https is not supported"],
+            ),
+            (
+                probe("addr", ProbeCheck::Tcp("127.0.0.1".into())),
+                vec!["probe \"addr\"", "not HOST:PORT"],
+            ),
+            (zero, vec!["probe \"z\"", "failures must be > 0"]),
+        ];
+        for (bad, wants) in cases {
+            let err = rig
+                .driver
+                .start(rig.instance(&unit, spec(app(), vec![bad])))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, DriverError::BadSpec { .. }), "{err:?}");
+            let message = err.to_string();
+            for want in wants.iter().chain([&unit.as_str()]) {
+                assert!(
+                    message.contains(want),
+                    "{message:?} should contain {want:?}"
+                );
+            }
+        }
+        assert!(rig.driver.running().is_empty());
+        assert!(!rig.runtime_dir(&unit).exists());
+        assert_gone(&unit).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_frozen_unit_fails_its_http_probe_by_timeout() {
+    bounded(async {
+        let mut rig = Rig::new();
+        let unit = unit_id("frozen");
+        let mut health = probe(
+            "health",
+            ProbeCheck::Http(HttpCheck {
+                url: "http://127.0.0.1:{port}/".into(),
+                expect_status: None,
+            }),
+        );
+        health.timeout_ms = 200;
+        let spec = spec(vec![server()], vec![health]);
+        fs::create_dir_all(rig.data_dir(&unit)).unwrap();
+        fs::write(rig.data_dir(&unit).join("go"), "").unwrap();
+        rig.driver.start(rig.instance(&unit, spec)).await.unwrap();
+        assert_eq!(rig.next().await, ready(&unit));
+
+        // SIGSTOP: the kernel still accepts the connection, nobody answers.
+        rig.driver.inject(&unit, FaultKind::Watchdog).await.unwrap();
+        let (probe, fault, detail) = rig.probe_failed(&unit).await;
+        assert_eq!((probe.as_str(), fault), ("health", FaultKind::Watchdog));
+        assert!(detail.contains("no status within 200 ms"), "{detail}");
+        rig.nothing_for(Duration::from_millis(300)).await;
+
+        rig.driver.stop(&unit).await.unwrap();
+        assert_gone(&unit).await;
+    })
+    .await;
+}
