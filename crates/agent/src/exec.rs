@@ -39,6 +39,7 @@ pub(crate) async fn execute<D: Driver>(shared: &Arc<Shared<D>>, env: Envelope) {
                 stop(shared, &unit).await;
             }
             shared.units.lock().await.clear();
+            shared.synced.lock().await.clear();
             shared.report(AgentReport::Fenced);
         }
         AgentCommand::Inject { unit, kind } => {
@@ -191,6 +192,7 @@ async fn stop<D: Driver>(shared: &Arc<Shared<D>>, unit: &UnitId) {
 async fn destroy<D: Driver>(shared: &Arc<Shared<D>>, unit: &UnitId) {
     stop(shared, unit).await;
     shared.units.lock().await.remove(unit);
+    shared.synced.lock().await.remove(unit);
     shared.report(AgentReport::Released { unit: unit.clone() });
 }
 

@@ -519,7 +519,17 @@ impl Controller {
         link.last_seen = now;
         let restarted = link.boot.as_ref().is_some_and(|b| *b != req.boot);
         link.boot = Some(req.boot);
-        self.synced.extend(req.synced);
+        // Only the host a unit runs on speaks for its data (a stale incarnation elsewhere may
+        // still report an old time).
+        for (unit, at) in req.synced {
+            if self
+                .state
+                .unit(&unit)
+                .is_some_and(|u| u.host.as_ref() == Some(host))
+            {
+                self.synced.insert(unit, at);
+            }
+        }
         // An `acked` in another controller's numbering means nothing here.
         let acked = if req.controller.as_deref() == Some(&*self.boot) {
             req.acked
