@@ -31,7 +31,11 @@ pub struct Client {
 
 impl Target {
     pub fn client(&self) -> anyhow::Result<Client> {
-        let cfg = self.config.as_deref().map(Config::load).transpose()?;
+        let cfg = self
+            .config
+            .as_deref()
+            .map(Config::load_serving)
+            .transpose()?;
         let base = self
             .controller
             .clone()

@@ -38,7 +38,8 @@ async fn start_controller(
             )
         })?;
     let token = cfg.token()?;
-    let (controller, handle) = Controller::new(cfg.clone(), Box::new(store), token)?;
+    let (mut controller, handle) = Controller::new(cfg.clone(), Box::new(store), token)?;
+    controller.bind_services().await?;
     let listener = tokio::net::TcpListener::bind(cfg.controller.listen)
         .await
         .with_context(|| {

@@ -131,3 +131,39 @@ fn an_sby_fault_leaves_the_act_serving() {
     assert_eq!(kv(act, "ROLE"), "act 1");
     up.stop();
 }
+
+/// Issue #4: the pair's service address (built-in proxy) follows the ACT through the seed's
+/// recovery; clients of the address need not know where the ACT runs.
+#[test]
+fn the_service_address_follows_the_act_through_a_duplex_restart() {
+    let service = support::free_port();
+    let svc = format!(
+        "[pairs.service]\nmode = \"proxy\"\nlisten = \"127.0.0.1:{service}\"\ntarget = \"127.0.0.1:{{port}}\""
+    );
+    let up = Up::start("duplex-restart", &[&svc]);
+    up.wait_duplex(1);
+    up.wait_for("the service address answers as ACT", || {
+        (support::try_kv(service, "ROLE").ok()? == "act 1").then_some(())
+    });
+    assert_eq!(kv(service, "SET via service"), "OK");
+    up.wait_synced("kv-2", "via");
+
+    up.cli(&["faulty", "host-a", "on"]);
+    up.cli(&[
+        "fault", "kv", "--unit", "act", "--kind", "watchdog", "--wait", "60",
+    ]);
+    up.wait_duplex(3);
+    let role = up.wait_for("the service address reaches the new ACT", || {
+        support::try_kv(service, "ROLE")
+            .ok()
+            .filter(|r| r == "act 3")
+    });
+    assert_eq!(role, "act 3");
+    assert_eq!(
+        kv(service, "GET via"),
+        "service",
+        "the data is there behind the same address"
+    );
+    assert_eq!(kv(service, "INCR after"), "1", "writes go to the ACT");
+    up.stop();
+}

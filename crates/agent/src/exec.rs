@@ -31,15 +31,18 @@ pub(crate) async fn execute<D: Driver>(shared: &Arc<Shared<D>>, env: Envelope) {
             epoch,
             action,
         } => step(shared, unit, op, epoch, action).await,
-        AgentCommand::Destroy { unit, .. } => destroy(shared, &unit).await,
+        AgentCommand::Destroy { unit, epoch, .. } => destroy(shared, &unit, epoch).await,
         AgentCommand::Role { unit, role, epoch } => set_role(shared, unit, role, epoch).await,
         AgentCommand::Fence => {
             let running = shared.driver.running();
             for unit in running {
                 stop(shared, &unit).await;
             }
-            shared.units.lock().await.clear();
+            let units = std::mem::take(&mut *shared.units.lock().await);
             shared.synced.lock().await.clear();
+            for l in units.into_values() {
+                shared.role_changed(&l.unit, l.role, Role::None, l.epoch);
+            }
             shared.report(AgentReport::Fenced);
         }
         AgentCommand::Inject { unit, kind } => {
@@ -189,10 +192,13 @@ async fn stop<D: Driver>(shared: &Arc<Shared<D>>, unit: &UnitId) {
     }
 }
 
-async fn destroy<D: Driver>(shared: &Arc<Shared<D>>, unit: &UnitId) {
+async fn destroy<D: Driver>(shared: &Arc<Shared<D>>, unit: &UnitId, epoch: Epoch) {
     stop(shared, unit).await;
-    shared.units.lock().await.remove(unit);
+    let gone = shared.units.lock().await.remove(unit);
     shared.synced.lock().await.remove(unit);
+    if let Some(l) = gone {
+        shared.role_changed(&l.unit, l.role, Role::None, epoch);
+    }
     shared.report(AgentReport::Released { unit: unit.clone() });
 }
 
@@ -233,12 +239,14 @@ async fn set_role<D: Driver>(shared: &Arc<Shared<D>>, unit: UnitRef, role: Role,
     if let Some(l) = shared.units.lock().await.get_mut(&id) {
         l.role = role;
         l.epoch = epoch;
-        l.unit = unit;
+        l.unit = unit.clone();
     }
     if let Err(e) = shared.driver.set_role(&id, role, epoch).await {
         tracing::warn!(host = %shared.cfg.host, unit = %id, error = %e, "cannot tell the unit its role");
     }
     tracing::info!(host = %shared.cfg.host, unit = %id, %role, %epoch, "role");
+    // Off the command path: the next command does not wait for the hooks.
+    shared.role_changed(&unit, before.0, role, epoch);
     if role != Role::Act {
         shared.synced.lock().await.remove(&id);
         shared.report(AgentReport::Released { unit: id });

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod exec;
+mod hooks;
 mod link;
 
 use std::collections::BTreeMap;
@@ -75,6 +76,8 @@ pub(crate) struct Shared<D> {
     pub lease: Mutex<Duration>,
     /// When each ACT unit's data last reached its SBY's copy (Unix ms).
     pub synced: Mutex<BTreeMap<UnitId, Millis>>,
+    /// The role-change hooks' workers.
+    pub hooks: hooks::Hooks,
 }
 
 impl<D: Driver> Shared<D> {
@@ -96,6 +99,36 @@ impl<D: Driver> Shared<D> {
             .join("units")
             .join(unit.as_str())
             .join("run")
+    }
+
+    /// The unit's role here changed from `previous` to `role`: queues its hooks (they run in
+    /// the background, in order, and report `HookRan`).
+    pub fn role_changed(&self, unit: &UnitRef, previous: Role, role: Role, epoch: Epoch) {
+        if unit.spec.hooks.is_empty() {
+            return;
+        }
+        let instance = duplex_driver::UnitInstance {
+            pair: unit.pair.clone(),
+            unit: unit.unit.clone(),
+            host: self.cfg.host.clone(),
+            spec: unit.spec.clone(),
+            data_dir: self.data_dir(&unit.unit),
+            runtime_dir: self.runtime_dir(&unit.unit),
+            role,
+            epoch,
+        };
+        let change = hooks::Change {
+            vars: instance.vars(),
+            pair: instance.pair,
+            unit: instance.unit,
+            host: instance.host,
+            hooks: instance.spec.hooks,
+            cwd: instance.runtime_dir,
+            previous,
+            role,
+            epoch,
+        };
+        self.hooks.changed(change, &self.reports);
     }
 }
 
@@ -154,6 +187,7 @@ pub async fn run<D: Driver>(
         last_renewed: Mutex::new(None),
         lease: Mutex::new(Duration::from_secs(3)),
         synced: Mutex::default(),
+        hooks: hooks::Hooks::default(),
     });
     tracing::info!(host = %shared.cfg.host, controller = %shared.cfg.controller, "agent starting");
     let tasks = [
@@ -171,6 +205,7 @@ pub async fn run<D: Driver>(
     for t in &tasks {
         t.abort();
     }
+    shared.hooks.abort_all();
     let running = shared.driver.running();
     for unit in running {
         if let Err(e) = shared.driver.stop(&unit).await {
@@ -272,9 +307,13 @@ async fn fence_loop<D: Driver>(shared: Arc<Shared<D>>) {
             if let Err(e) = shared.driver.stop(&unit).await {
                 tracing::error!(host = %shared.cfg.host, %unit, error = %e, "self-fence stop failed");
             }
-            if let Some(l) = shared.units.lock().await.get_mut(&unit) {
-                l.role = Role::None;
+            let fenced = shared.units.lock().await.get_mut(&unit).map(|l| {
                 l.healthy = false;
+                let previous = std::mem::replace(&mut l.role, Role::None);
+                (l.unit.clone(), previous, l.epoch)
+            });
+            if let Some((unit, previous, epoch)) = fenced {
+                shared.role_changed(&unit, previous, Role::None, epoch);
             }
             shared.report(AgentReport::Released { unit });
         }

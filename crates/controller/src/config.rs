@@ -97,6 +97,47 @@ pub struct PairConfig {
     pub unit: UnitSpec,
     /// A directory holding the initial data set (REF), if any.
     pub ref_data: Option<PathBuf>,
+    /// The address clients use to reach whichever unit is ACT.
+    pub service: Option<ServiceConfig>,
+}
+
+/// How clients reach a pair's ACT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// A TCP/UDP forwarder in the controller process, listening on `listen` and forwarding to
+    /// the ACT's `target`; it switches within milliseconds of a role grant.
+    Proxy,
+}
+
+/// A transport a service address forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP connections.
+    Tcp,
+    /// UDP datagrams.
+    Udp,
+}
+
+/// A pair's service address (`[pairs.service]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// How the address follows the ACT.
+    pub mode: ServiceMode,
+    /// Where clients connect, e.g. `127.0.0.1:7500`.
+    pub listen: SocketAddr,
+    /// Where a unit serves on its host, templated with the host's and the unit's variables,
+    /// e.g. `127.0.0.1:{port}`.
+    pub target: String,
+    /// `tcp`, `udp` or both (default: tcp).
+    #[serde(default = "tcp_only")]
+    pub protocols: Vec<Transport>,
+}
+
+fn tcp_only() -> Vec<Transport> {
+    vec![Transport::Tcp]
 }
 
 /// A checked config.
@@ -156,6 +197,17 @@ impl Config {
     /// A host's config.
     pub fn host(&self, host: &HostId) -> Option<&HostConfig> {
         self.hosts.iter().find(|h| &h.spec.id == host)
+    }
+
+    /// Reads and checks the config file of a running controller (its own reload, and clients
+    /// finding it): the same checks
+    /// as [`Config::load`] except that service addresses are not test-bound (its own proxies
+    /// hold them).
+    pub fn load_serving(path: &Path) -> Result<Config, ConfigError> {
+        CHECK_BINDS.with(|c| c.set(false));
+        let r = Config::load(path);
+        CHECK_BINDS.with(|c| c.set(true));
+        r
     }
 
     /// Reads and checks a config file.
@@ -222,6 +274,17 @@ struct RawPair {
     sby: Spanned<String>,
     units: Option<Spanned<[String; 2]>>,
     ref_data: Option<PathBuf>,
+    service: Option<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    mode: ServiceMode,
+    listen: Spanned<SocketAddr>,
+    target: Spanned<String>,
+    #[serde(default)]
+    protocols: Option<Spanned<Vec<Transport>>>,
 }
 
 type At<'a> = dyn Fn(Range<usize>, &str, String) -> ConfigError + 'a;
@@ -251,7 +314,6 @@ impl RawConfig {
         let mut init_store = self.init_store;
         init_store.path = init_store.path.map(|p| base.join(p));
         let hosts = check_hosts(self.hosts, at)?;
-        let names: BTreeSet<&str> = hosts.iter().map(|h| h.spec.id.as_str()).collect();
         for (name, spec) in &self.units {
             if spec.get_ref().application.is_empty() {
                 let msg = "a unit needs at least one application process".to_owned();
@@ -260,8 +322,20 @@ impl RawConfig {
             if let Err(msg) = spec.get_ref().check_probes() {
                 return Err(at(spec.span(), &format!("units.{name}.probes"), msg));
             }
+            // Hook programs are looked for on this machine, unless every agent runs elsewhere.
+            let unit = spec.get_ref();
+            let hooks = unit.check_hooks().and_then(|()| {
+                if hosts.iter().any(|h| h.local) {
+                    unit.check_hook_programs()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(msg) = hooks {
+                return Err(at(spec.span(), &format!("units.{name}.hooks"), msg));
+            }
         }
-        let pairs = check_pairs(self.pairs, &names, &self.units, at, base)?;
+        let pairs = check_pairs(self.pairs, &hosts, &self.units, at, base)?;
         Ok(Config {
             path: path.to_owned(),
             controller,
@@ -307,9 +381,99 @@ fn check_hosts(raw: Vec<RawHost>, at: &At<'_>) -> Result<Vec<HostConfig>, Config
     Ok(hosts)
 }
 
+/// A service address must render to a socket address on every host, must not be shared, and
+/// (unless this is a reload by the running controller) must be bindable here.
+fn check_service(
+    i: usize,
+    pair: &str,
+    raw: Spanned<RawService>,
+    unit: &UnitSpec,
+    hosts: &[HostConfig],
+    earlier: &[PairConfig],
+    at: &At<'_>,
+) -> Result<ServiceConfig, ConfigError> {
+    let raw = raw.into_inner();
+    let field = |f: &str| format!("pairs[{i}].service.{f}");
+    let (listen_span, target_span) = (raw.listen.span(), raw.target.span());
+    let protocols = match raw.protocols {
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(at(
+                p.span(),
+                &field("protocols"),
+                "give at least one of \"tcp\", \"udp\"".into(),
+            ));
+        }
+        Some(p) => p.into_inner(),
+        None => tcp_only(),
+    };
+    let svc = ServiceConfig {
+        mode: raw.mode,
+        listen: raw.listen.into_inner(),
+        target: raw.target.into_inner(),
+        protocols,
+    };
+    if let Some(other) = earlier
+        .iter()
+        .find(|p| p.service.as_ref().is_some_and(|s| s.listen == svc.listen))
+    {
+        let msg = format!(
+            "{} is already the service address of pair {}",
+            svc.listen, other.spec.id
+        );
+        return Err(at(listen_span, &field("listen"), msg));
+    }
+    for h in hosts {
+        let target = service_target(&svc, unit, pair, h)
+            .map_err(|e| at(target_span.clone(), &field("target"), e))?;
+        if target == svc.listen {
+            let msg = format!(
+                "on host {} the target is the service address itself ({target})",
+                h.spec.id
+            );
+            return Err(at(target_span, &field("target"), msg));
+        }
+    }
+    if CHECK_BINDS.with(std::cell::Cell::get) {
+        let protocols = duplex_proxy::Protocols {
+            tcp: svc.protocols.contains(&Transport::Tcp),
+            udp: svc.protocols.contains(&Transport::Udp),
+        };
+        duplex_proxy::check_bind(svc.listen, protocols)
+            .map_err(|e| at(listen_span, &field("listen"), e.to_string()))?;
+    }
+    Ok(svc)
+}
+
+thread_local! {
+    /// Off while the running controller re-reads its config: its own proxies hold the ports.
+    static CHECK_BINDS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Where a unit of `pair` serves on host `h`: the service's target rendered with the unit's and
+/// the host's variables.
+pub fn service_target(
+    svc: &ServiceConfig,
+    unit: &UnitSpec,
+    pair: &str,
+    h: &HostConfig,
+) -> Result<SocketAddr, String> {
+    let mut vars = unit.vars.clone();
+    vars.extend(h.vars.clone());
+    vars.insert("pair".into(), pair.to_owned());
+    vars.insert("host".into(), h.spec.id.to_string());
+    let text = duplex_driver::render(&svc.target, &vars)
+        .map_err(|e| format!("on host {}: {e}", h.spec.id))?;
+    text.parse().map_err(|_| {
+        format!(
+            "on host {} the target {text:?} is not an address:port",
+            h.spec.id
+        )
+    })
+}
+
 fn check_pairs(
     raw: Vec<RawPair>,
-    hosts: &BTreeSet<&str>,
+    hosts: &[HostConfig],
     units: &BTreeMap<String, Spanned<UnitSpec>>,
     at: &At<'_>,
     base: &Path,
@@ -329,9 +493,10 @@ fn check_pairs(
                 format!("pair {name:?} is defined twice"),
             ));
         }
+        let names: BTreeSet<&str> = hosts.iter().map(|h| h.spec.id.as_str()).collect();
         for (key, host) in [("act", &p.act), ("sby", &p.sby)] {
-            if !hosts.contains(host.get_ref().as_str()) {
-                let known = hosts.iter().copied().collect::<Vec<_>>().join(", ");
+            if !names.contains(host.get_ref().as_str()) {
+                let known = names.iter().copied().collect::<Vec<_>>().join(", ");
                 return Err(at(
                     host.span(),
                     &field(key),
@@ -370,7 +535,7 @@ fn check_pairs(
         }
         pairs.push(PairConfig {
             spec: PairSpec {
-                id: PairId::new(name),
+                id: PairId::new(name.clone()),
                 act: UnitId::new(a),
                 act_host: HostId::new(p.act.into_inner()),
                 sby: UnitId::new(b),
@@ -378,6 +543,18 @@ fn check_pairs(
             },
             unit: unit.get_ref().clone(),
             ref_data: p.ref_data.map(|d| base.join(d)),
+            service: match p.service {
+                Some(svc) => Some(check_service(
+                    i,
+                    &name,
+                    svc,
+                    unit.get_ref(),
+                    hosts,
+                    &pairs,
+                    at,
+                )?),
+                None => None,
+            },
         });
     }
     Ok(pairs)

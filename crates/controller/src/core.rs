@@ -50,6 +50,15 @@ pub enum ControllerError {
     /// The state store failed; nothing was dispatched after the failure.
     #[error("state store: {0}")]
     Store(#[from] duplex_store::StoreError),
+    /// A pair's service address could not be bound.
+    #[error("pair {pair}: service address: {source}")]
+    Service {
+        /// The pair.
+        pair: PairId,
+        /// Why.
+        #[source]
+        source: duplex_proxy::ProxyError,
+    },
     /// The config does not fit the engine (pairs on unknown hosts, …).
     #[error("config {path}: {source}")]
     Engine {
@@ -234,6 +243,8 @@ pub struct Controller {
     /// When each ACT unit's data last reached its SBY's copy, as its agent reports.
     pub(crate) synced: BTreeMap<UnitId, Millis>,
     pub(crate) metrics: crate::metrics::Metrics,
+    /// The service-address proxies, by pair.
+    services: BTreeMap<PairId, Arc<duplex_proxy::ServiceProxy>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -309,6 +320,7 @@ impl Controller {
             changes,
             synced: BTreeMap::new(),
             metrics: crate::metrics::Metrics::default(),
+            services: BTreeMap::new(),
         };
         if resumed {
             c.resume(now);
@@ -622,6 +634,28 @@ impl Controller {
                     )
                     .map_err(internal)?;
                 }
+                // A role-change hook ran: history only, the engine decides nothing on it.
+                AgentReport::HookRan {
+                    unit,
+                    hook,
+                    role,
+                    epoch,
+                    status,
+                    ok,
+                    output,
+                } => {
+                    let pair = self.state.locate(&unit).map(|(p, _)| p);
+                    let shown = match role {
+                        Role::None => "NONE".to_owned(),
+                        r => r.to_string(),
+                    };
+                    let message = format!(
+                        "hook {hook} of {unit} ({shown}, epoch {epoch}) on {host}: {status}"
+                    );
+                    let body = serde_json::json!({ "host": host, "hook": hook, "role": role, "epoch": epoch, "status": status, "ok": ok, "output": output });
+                    self.history("hook", pair, Some(unit), message, body)
+                        .map_err(internal)?;
+                }
             }
         }
         Ok(())
@@ -784,6 +818,7 @@ impl Controller {
             self.dispatch(cmd, now);
         }
         self.metrics.observe(&ready.notes, now);
+        self.reconcile_services();
         self.changes.send_modify(|v| *v += 1);
         Ok(())
     }
@@ -792,7 +827,8 @@ impl Controller {
     /// pairs must stay as they are (changing those needs a restart). Nothing changes unless the
     /// whole file validates.
     fn reload(&mut self) -> Result<String, ApiError> {
-        let new = Config::load(&self.cfg.path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let new = Config::load_serving(&self.cfg.path)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let hosts = |c: &Config| c.hosts.iter().map(|h| h.spec.clone()).collect::<Vec<_>>();
         let pairs = |c: &Config| c.pairs.iter().map(|p| p.spec.clone()).collect::<Vec<_>>();
         if hosts(&new) != hosts(&self.cfg) || pairs(&new) != pairs(&self.cfg) {
@@ -804,6 +840,7 @@ impl Controller {
         let engine_changed = new.engine != self.state.config;
         self.state.config = new.engine.clone();
         self.cfg = Arc::new(new);
+        self.reconcile_services();
         let detail = if engine_changed {
             format!(
                 "reloaded {}: engine settings and unit definitions applied",
@@ -935,6 +972,52 @@ impl Controller {
             unit: unit.clone(),
             peer,
             spec,
+        }
+    }
+
+    /// Binds the service address of every pair that has one (`[pairs.service]`, mode proxy)
+    /// and points it at the serving ACT.
+    pub async fn bind_services(&mut self) -> Result<(), ControllerError> {
+        for p in &self.cfg.pairs {
+            let Some(svc) = &p.service else { continue };
+            let protocols = duplex_proxy::Protocols {
+                tcp: svc.protocols.contains(&crate::config::Transport::Tcp),
+                udp: svc.protocols.contains(&crate::config::Transport::Udp),
+            };
+            let proxy = duplex_proxy::ServiceProxy::bind(svc.listen, protocols)
+                .await
+                .map_err(|source| ControllerError::Service {
+                    pair: p.spec.id.clone(),
+                    source,
+                })?;
+            tracing::info!(pair = %p.spec.id, listen = %svc.listen, "service address bound");
+            self.services.insert(p.spec.id.clone(), Arc::new(proxy));
+        }
+        self.reconcile_services();
+        Ok(())
+    }
+
+    /// Points every service address at its pair's serving ACT: the unit holding ACT, up, told
+    /// so at the pair's epoch, on a reachable host; nowhere while there is none.
+    fn reconcile_services(&self) {
+        for (pid, proxy) in &self.services {
+            let Some(pair) = self.state.pairs.get(pid) else {
+                continue;
+            };
+            let target = pair.serving_act().and_then(|u| {
+                let host = u.host.as_ref()?;
+                if self.links.get(host).is_none_or(|l| l.lost) {
+                    return None;
+                }
+                let pc = self.cfg.pairs.iter().find(|p| &p.spec.id == pid)?;
+                let svc = pc.service.as_ref()?;
+                let hc = self.cfg.host(host)?;
+                let addr = crate::config::service_target(svc, &pc.unit, pid.as_str(), hc).ok()?;
+                Some((addr, pair.epoch))
+            });
+            if let duplex_proxy::TargetUpdate::Applied = proxy.set_target(target) {
+                tracing::info!(pair = %pid, target = ?target, "service address now points at the ACT");
+            }
         }
     }
 

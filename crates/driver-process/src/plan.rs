@@ -120,6 +120,7 @@ mod tests {
                     .into_iter()
                     .collect(),
                 probes: Vec::new(),
+                hooks: Vec::new(),
             },
             data_dir: "/d/u1".into(),
             runtime_dir: "/r/u1".into(),

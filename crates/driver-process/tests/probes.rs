@@ -150,6 +150,7 @@ fn spec(application: Vec<ProcessSpec>, probes: Vec<ProbeSpec>) -> UnitSpec {
         stop_timeout_ms: 500,
         vars: [("port".to_owned(), free_port())].into_iter().collect(),
         probes,
+        hooks: Vec::new(),
     }
 }
 

@@ -88,6 +88,7 @@ fn spec(middleware: Vec<ProcessSpec>, application: Vec<ProcessSpec>) -> UnitSpec
         stop_timeout_ms: 500,
         vars: BTreeMap::new(),
         probes: Vec::new(),
+        hooks: Vec::new(),
     }
 }
 

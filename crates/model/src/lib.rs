@@ -1,8 +1,8 @@
 //! The vocabulary of duplex (see `docs/recovery.md` and DESIGN.md §1, §5).
 //!
 //! Types only: identifiers, the restart phases of the escalation ladder, fault kinds, roles,
-//! epochs and policies. Every other crate speaks these words; this crate does no I/O and decides
-//! nothing.
+//! epochs and policies. Every other crate speaks these words; this crate does no I/O (but for
+//! [`UnitSpec::check_hook_programs`], which looks at files) and decides nothing.
 #![deny(missing_docs)]
 
 mod ids;
@@ -14,5 +14,7 @@ pub mod wire;
 
 pub use ids::{HostId, PairId, UnitId};
 pub use phase::{Generation, Phase, PhaseParseError};
-pub use spec::{HttpCheck, Layer, ProbeCheck, ProbeSpec, ProcessSpec, UdpCheck, UnitSpec};
+pub use spec::{
+    HookSpec, HttpCheck, Layer, ProbeCheck, ProbeSpec, ProcessSpec, UdpCheck, UnitSpec,
+};
 pub use vocab::{Epoch, FaultKind, Millis, Policy, Role, VocabParseError};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FaultKind, Millis};
+use crate::{FaultKind, Millis, Role};
 
 /// One process of a unit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +55,63 @@ pub struct UnitSpec {
     /// Left out when serialised empty, so a spec without probes reads as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ProbeSpec>,
+    /// Role-change hooks: commands the host runs every time the unit's role changes there
+    /// (`[[units.NAME.hooks]]`; none by default). See [`HookSpec`]. Left out when serialised
+    /// empty, so a spec without hooks reads as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookSpec>,
+}
+
+/// A role-change hook (keepalived's "notify" script): a command the host of a unit runs every
+/// time the unit's role changes there, to move a virtual IP, update DNS, page someone, …
+///
+/// Hooks of a unit run one after the other, in the order of the spec and of the role changes,
+/// off the path of the agent's commands (a slow hook never delays the next command). Each runs
+/// in its own process group with `DUPLEX_HOOK_PAIR`, `DUPLEX_HOOK_UNIT`, `DUPLEX_HOOK_ROLE`
+/// (`act`, `sby` or `none`), `DUPLEX_HOOK_PREVIOUS_ROLE`, `DUPLEX_HOOK_EPOCH` and
+/// `DUPLEX_HOOK_HOST` in its environment; the group is killed when the hook exits (leftover
+/// background children go too) or after `timeout_ms`. Its exit status and output land in the
+/// controller's event history (kind `hook`). A hook's failure changes nothing in the pair. In
+/// TOML:
+///
+/// ```toml
+/// [[units.kv.hooks]]
+/// name = "vip"
+/// command = ["/etc/duplex/vip.sh", "{vip}"]
+/// on = ["act", "sby"]
+/// timeout_ms = 5000
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSpec {
+    /// Its name within the unit (unique among the unit's hooks); reports name it.
+    pub name: String,
+    /// Program and arguments, templated like a process command (`{unit}`, `{pair}`, `{host}`,
+    /// `{data_dir}`, `{runtime_dir}`, `{duplex}` and the unit's `vars`; see
+    /// [`ProcessSpec::command`]).
+    pub command: Vec<String>,
+    /// The roles whose grant runs the hook: the role the unit *changes to* (`"act"`, `"sby"`,
+    /// `"none"`). Default: all three.
+    #[serde(default = "all_roles")]
+    pub on: Vec<Role>,
+    /// How long the hook may run; then its whole process group is killed. Must be > 0.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_ms: Millis,
+}
+
+impl HookSpec {
+    /// Whether a change to `role` runs this hook.
+    pub fn runs_on(&self, role: Role) -> bool {
+        self.on.contains(&role)
+    }
+}
+
+fn all_roles() -> Vec<Role> {
+    vec![Role::Act, Role::Sby, Role::None]
+}
+
+fn default_hook_timeout() -> Millis {
+    10_000
 }
 
 /// A liveness probe: a check the host runs against the unit every `interval_ms`.
@@ -254,6 +311,96 @@ impl UnitSpec {
         }
         Ok(())
     }
+
+    /// Checks what can be checked of the hooks without the host: names present and unique, a
+    /// program, at least one role in `on`, a timeout > 0.
+    pub fn check_hooks(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for hook in &self.hooks {
+            let name = &hook.name;
+            if name.trim().is_empty() {
+                return Err("a hook has an empty name".into());
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(format!("two hooks are named {name:?}"));
+            }
+            if hook.command.first().is_none_or(|p| p.trim().is_empty()) {
+                return Err(format!("hook {name}: command needs a program"));
+            }
+            if hook.on.is_empty() {
+                return Err(format!(
+                    "hook {name}: on = [] would never run it: list \"act\", \"sby\" and/or \"none\" (or leave it out for all three)"
+                ));
+            }
+            if hook.timeout_ms == 0 {
+                return Err(format!("hook {name}: timeout_ms must be > 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every hook's program exists and is executable *here*: a program with a `/`
+    /// is looked up as a path (relative to the current directory), one without is searched on
+    /// `PATH`. A program that is a template (its first word contains `{`) is not checked. The
+    /// only function of this crate that looks at the filesystem; the controller calls it when it
+    /// loads a config.
+    pub fn check_hook_programs(&self) -> Result<(), String> {
+        for hook in &self.hooks {
+            let Some(program) = hook.command.first() else {
+                continue;
+            };
+            if program.contains('{') {
+                continue;
+            }
+            check_program(program).map_err(|e| format!("hook {}: {e}", hook.name))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `program` names an executable file, as `execvp` would find it.
+fn check_program(program: &str) -> Result<(), String> {
+    use std::path::Path;
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut first_error = None;
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        match executable(&candidate) {
+            Ok(()) => return Ok(()),
+            Err(e) if candidate.exists() => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {}
+        }
+    }
+    Err(first_error.unwrap_or_else(|| format!("{program} not found on PATH")))
+}
+
+/// Whether `path` is a file with an execute bit.
+fn executable(path: &std::path::Path) -> Result<(), String> {
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{shown} not found"));
+        }
+        Err(e) => return Err(format!("{shown} cannot be read: {e}")),
+    };
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a file"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o111 == 0 {
+            return Err(format!("{shown} is not executable (mode {mode:o})"));
+        }
+    }
+    Ok(())
 }
 
 /// The layer a process belongs to.
@@ -458,5 +605,140 @@ check = { udp = { address = "127.0.0.1:{port}", send = "ping\n", expect = "pong"
             let err = spec.check_probes().unwrap_err();
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
+    }
+
+    const HOOKS: &str = r#"
+[units.x]
+application = [{ name = "a", command = ["a"] }]
+
+[[units.x.hooks]]
+name = "vip"
+command = ["/etc/duplex/vip.sh", "{vip}", "{unit}"]
+on = ["act", "sby"]
+timeout_ms = 5000
+
+[[units.x.hooks]]
+name = "page"
+command = ["logger", "duplex"]
+"#;
+
+    #[test]
+    fn units_parse_with_hooks_and_their_defaults() {
+        let spec = unit(HOOKS).unwrap();
+        assert_eq!(
+            spec.hooks,
+            [
+                HookSpec {
+                    name: "vip".into(),
+                    command: ["/etc/duplex/vip.sh", "{vip}", "{unit}"]
+                        .map(String::from)
+                        .to_vec(),
+                    on: vec![Role::Act, Role::Sby],
+                    timeout_ms: 5_000,
+                },
+                HookSpec {
+                    name: "page".into(),
+                    command: ["logger", "duplex"].map(String::from).to_vec(),
+                    on: vec![Role::Act, Role::Sby, Role::None],
+                    timeout_ms: 10_000,
+                },
+            ]
+        );
+        assert!(spec.hooks[0].runs_on(Role::Sby) && !spec.hooks[0].runs_on(Role::None));
+        assert!(spec.hooks[1].runs_on(Role::None));
+        spec.check_hooks().unwrap();
+        // What the controller sends to agents survives the trip.
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<UnitSpec>(&json).unwrap(), spec);
+        // Without hooks, the wire format is as before.
+        let plain =
+            unit("[units.x]\napplication = [{ name = \"a\", command = [\"a\"] }]\n").unwrap();
+        assert!(plain.hooks.is_empty());
+        let written = serde_json::to_string(&plain).unwrap();
+        assert!(!written.contains("hooks"), "{written}");
+    }
+
+    #[test]
+    fn unknown_hook_fields_and_roles_are_refused_by_name() {
+        let base = "[units.x]\napplication = [{ name = \"a\", command = [\"a\"] }]\n\
+                    [[units.x.hooks]]\nname = \"h\"\n";
+        for (hook, want) in [
+            ("command = [\"a\"]\ntimeout = 5\n", "timeout"),
+            ("command = [\"a\"]\non = [\"master\"]\n", "master"),
+            ("command = [\"a\"]\non = \"act\"\n", "sequence"),
+            ("on = [\"act\"]\n", "command"),
+        ] {
+            let err = unit(&format!("{base}{hook}")).unwrap_err();
+            assert!(err.contains(want), "{hook:?}: {err:?} should name {want:?}");
+        }
+    }
+
+    #[test]
+    fn hook_checks_name_what_is_wrong() {
+        let ok = unit(HOOKS).unwrap();
+        let mut spec = ok.clone();
+        spec.hooks[1].name = "vip".into();
+        assert_eq!(
+            spec.check_hooks().unwrap_err(),
+            "two hooks are named \"vip\""
+        );
+        for (edit, want) in [
+            (
+                (|h: &mut HookSpec| h.command = vec![]) as fn(&mut HookSpec),
+                "hook vip: command needs a program",
+            ),
+            (
+                |h| h.command = vec![" ".into()],
+                "hook vip: command needs a program",
+            ),
+            (|h| h.timeout_ms = 0, "hook vip: timeout_ms must be > 0"),
+            (|h| h.on = vec![], "hook vip: on = [] would never run it"),
+            (|h| h.name = "".into(), "a hook has an empty name"),
+        ] {
+            let mut spec = ok.clone();
+            edit(&mut spec.hooks[0]);
+            let err = spec.check_hooks().unwrap_err();
+            assert!(err.starts_with(want), "{err:?} should start with {want:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn hook_programs_must_exist_and_be_executable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("notify.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let with = |program: &str| {
+            let mut spec = unit(HOOKS).unwrap();
+            spec.hooks.truncate(1);
+            spec.hooks[0].name = "notify".into();
+            spec.hooks[0].command = vec![program.into(), "{unit}".into()];
+            spec.check_hook_programs()
+        };
+        let shown = script.display();
+        assert_eq!(
+            with(&shown.to_string()).unwrap_err(),
+            format!("hook notify: {shown} is not executable (mode 644)")
+        );
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o750)).unwrap();
+        with(&shown.to_string()).unwrap();
+        let missing = dir.path().join("missing.sh");
+        assert_eq!(
+            with(&missing.display().to_string()).unwrap_err(),
+            format!("hook notify: {} not found", missing.display())
+        );
+        assert_eq!(
+            with(&dir.path().display().to_string()).unwrap_err(),
+            format!("hook notify: {} is not a file", dir.path().display())
+        );
+        // On PATH, or a template only the host can render: fine.
+        with("sh").unwrap();
+        with("{script}").unwrap();
+        assert_eq!(
+            with("no-such-duplex-hook").unwrap_err(),
+            "hook notify: no-such-duplex-hook not found on PATH"
+        );
     }
 }

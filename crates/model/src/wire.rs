@@ -188,7 +188,29 @@ pub enum AgentReport {
         /// Why (stale epoch, unknown unit, …).
         reason: String,
     },
+    /// A role-change hook of the unit ran on this host (see [`crate::HookSpec`]). For the
+    /// history only: the engine decides nothing on it.
+    HookRan {
+        /// The unit.
+        unit: UnitId,
+        /// The hook's name.
+        hook: String,
+        /// The role the unit changed to.
+        role: Role,
+        /// The epoch of that role.
+        epoch: Epoch,
+        /// How it ended: `exit 0`, `exit 3`, `killed by signal 9`, `killed after 10000 ms
+        /// timeout`, `cannot start: …`.
+        status: String,
+        /// Whether it exited with status 0 in time.
+        ok: bool,
+        /// Its stdout and stderr, interleaved as written; the first 4 KiB.
+        output: String,
+    },
 }
+
+/// How much of a hook's output [`AgentReport::HookRan`] carries, in bytes.
+pub const HOOK_OUTPUT_CAP: usize = 4096;
 
 /// A batch of reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

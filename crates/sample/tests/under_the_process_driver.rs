@@ -93,6 +93,7 @@ async fn the_sample_is_a_well_behaved_unit() {
             stop_timeout_ms: 2_000,
             vars: BTreeMap::new(),
             probes: Vec::new(),
+            hooks: Vec::new(),
         };
         let instance = UnitInstance {
             pair: "pair-1".into(),

@@ -64,6 +64,34 @@ impl Up {
         Up::start_with(policy, 0, extra)
     }
 
+    /// Starts `duplex up` on a config of the test's own (`config` gets the controller's port
+    /// and the three hosts' ports, in the order host-a, host-b, spare-1).
+    pub fn start_config(config: impl FnOnce(u16, [u16; 3]) -> String) -> Up {
+        let dir = tempfile::Builder::new()
+            .prefix("duplex-up-")
+            .tempdir()
+            .unwrap();
+        let listen = free_port();
+        let p = [free_port(), free_port(), free_port()];
+        let path = dir.path().join("duplex.toml");
+        std::fs::write(&path, config(listen, p)).unwrap();
+        let ports = [
+            ("host-a".to_owned(), p[0]),
+            ("host-b".to_owned(), p[1]),
+            ("spare-1".to_owned(), p[2]),
+        ];
+        let mut up = Up {
+            dir,
+            config: path,
+            ports,
+            listen,
+            children: Vec::new(),
+        };
+        let child = up.spawn("up", &["up", up.config.to_str().unwrap()]);
+        up.children.push(child);
+        up
+    }
+
     /// As [`Up::start`], but every start of the unit's application (boot, reboot, recreate)
     /// takes `start_delay_ms` longer before it serves and pets its watchdog: recoveries last
     /// long enough to be watched (e.g. a page seeing the pair DEGRADED).

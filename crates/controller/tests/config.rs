@@ -1,0 +1,120 @@
+//! Bad service definitions are rejected at config load with file, line, field and reason.
+
+use duplex_controller::Config;
+
+const BASE: &str = r#"
+[units.kv]
+application = [{ name = "kv", command = ["sleep", "100"] }]
+
+[[hosts]]
+name = "h1"
+vars = { port = "7501" }
+[[hosts]]
+name = "h2"
+vars = { port = "7502" }
+
+[[pairs]]
+name = "kv"
+unit = "kv"
+act = "h1"
+sby = "h2"
+
+[pairs.service]
+mode = "proxy"
+"#;
+
+fn load(service: &str) -> Result<Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, format!("{BASE}{service}")).unwrap();
+    Config::load(&path).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_service_port_in_use_is_refused_with_its_place() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = load(&format!(
+        "listen = \"127.0.0.1:{port}\"\ntarget = \"127.0.0.1:{{port}}\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("duplex.toml:20:10:") && err.contains("pairs[0].service.listen"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} is in use")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_service_address_that_is_not_local_is_refused() {
+    let err = load("listen = \"192.0.2.1:7500\"\ntarget = \"127.0.0.1:{port}\"\n").unwrap_err();
+    assert!(
+        err.contains("pairs[0].service.listen")
+            && err.contains("192.0.2.1 is not an address of this machine"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_target_that_does_not_render_on_every_host_is_refused() {
+    let err = load("listen = \"127.0.0.1:0\"\ntarget = \"127.0.0.1:{portt}\"\n").unwrap_err();
+    assert!(
+        err.contains("pairs[0].service.target")
+            && err.contains("{portt}")
+            && err.contains("host h1"),
+        "{err}"
+    );
+    let err = load("listen = \"127.0.0.1:0\"\ntarget = \"localhost\"\n").unwrap_err();
+    assert!(err.contains("not an address:port"), "{err}");
+}
+
+#[test]
+fn a_good_service_loads_and_a_running_controller_may_hold_its_port() {
+    let free = load(
+        "listen = \"127.0.0.1:0\"\ntarget = \"127.0.0.1:{port}\"\nprotocols = [\"tcp\", \"udp\"]\n",
+    )
+    .unwrap();
+    assert_eq!(free.pairs[0].service.as_ref().unwrap().protocols.len(), 2);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(
+        &path,
+        format!("{BASE}listen = \"127.0.0.1:{port}\"\ntarget = \"127.0.0.1:{{port}}\"\n"),
+    )
+    .unwrap();
+    assert!(Config::load(&path).is_err());
+    assert!(
+        Config::load_serving(&path).is_ok(),
+        "the controller's own port is not a conflict"
+    );
+}
+
+#[test]
+fn an_unknown_service_field_or_mode_is_named() {
+    let err =
+        load("listen = \"127.0.0.1:0\"\ntarget = \"127.0.0.1:{port}\"\ncolour = 3\n").unwrap_err();
+    assert!(err.contains("colour"), "{err}");
+    let err = load("listen = \"127.0.0.1:0\"\ntarget = \"127.0.0.1:{port}\"\n")
+        .map(|_| ())
+        .and_then(|()| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("duplex.toml");
+            std::fs::write(
+                &path,
+                BASE.replace("mode = \"proxy\"", "mode = \"carrier-pigeon\"")
+                    + "listen = \"127.0.0.1:0\"\ntarget = \"x\"\n",
+            )
+            .unwrap();
+            Config::load(&path).map(|_| ()).map_err(|e| e.to_string())
+        });
+    let err = err.unwrap_err();
+    assert!(
+        err.contains("carrier-pigeon") && err.contains("proxy"),
+        "{err}"
+    );
+}

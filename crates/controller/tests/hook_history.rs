@@ -1,0 +1,134 @@
+//! An agent's `hook-ran` report becomes a history record of kind `hook` (with the hook's output
+//! in its body), and nothing for the engine.
+
+use std::time::Duration;
+
+use duplex_controller::{Config, Controller};
+use duplex_model::wire::{AgentReport, ReportBatch};
+use duplex_model::{Epoch, Role, UnitId};
+use duplex_store::MemoryStore;
+use serde_json::Value;
+
+const CONFIG: &str = r#"
+[controller]
+lease_ms = 600000
+
+[units.kv]
+application = [{ name = "kv", command = ["sleep", "100"] }]
+
+[[hosts]]
+name = "h1"
+[[hosts]]
+name = "h2"
+
+[[pairs]]
+name = "kv"
+unit = "kv"
+act = "h1"
+sby = "h2"
+"#;
+
+#[tokio::test]
+async fn hook_reports_land_in_the_history_as_hook_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, CONFIG).unwrap();
+    let cfg = Config::load(&path).unwrap();
+    let (controller, handle) = Controller::new(cfg, Box::new(MemoryStore::new()), None).unwrap();
+    tokio::spawn(controller.run());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        async move { axum::serve(listener, duplex_controller::router(handle, 600_000)).await },
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let base = format!("http://{addr}");
+    let events = |query: &'static str| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let v: Value = http
+                .get(format!("{base}/v1/events?limit=10000{query}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["events"].as_array().unwrap().clone()
+        }
+    };
+    let engine_events = events("&kind=event").await.len();
+
+    let batch = ReportBatch {
+        boot: "b1".into(),
+        reports: vec![
+            AgentReport::HookRan {
+                unit: UnitId::new("kv-1"),
+                hook: "notify".into(),
+                role: Role::Act,
+                epoch: Epoch(3),
+                status: "exit 0".into(),
+                ok: true,
+                output: "vip up\n".into(),
+            },
+            AgentReport::HookRan {
+                unit: UnitId::new("kv-1"),
+                hook: "notify".into(),
+                role: Role::None,
+                epoch: Epoch(4),
+                status: "killed after 10000 ms timeout".into(),
+                ok: false,
+                output: String::new(),
+            },
+        ],
+    };
+    let resp = http
+        .post(format!("{base}/v1/agents/h1/reports"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{resp:?}");
+
+    let hooks = events("&kind=hook").await;
+    assert_eq!(hooks.len(), 2, "{hooks:#?}");
+    assert_eq!(
+        hooks[0]["message"],
+        "hook notify of kv-1 (ACT, epoch 3) on h1: exit 0"
+    );
+    assert_eq!(hooks[0]["pair"], "kv");
+    assert_eq!(hooks[0]["unit"], "kv-1");
+    let body = &hooks[0]["body"];
+    assert_eq!(
+        (
+            &body["host"],
+            &body["hook"],
+            &body["role"],
+            &body["epoch"],
+            &body["ok"],
+            &body["output"]
+        ),
+        (
+            &Value::from("h1"),
+            &Value::from("notify"),
+            &Value::from("act"),
+            &Value::from(3),
+            &Value::from(true),
+            &Value::from("vip up\n")
+        )
+    );
+    assert_eq!(
+        hooks[1]["message"],
+        "hook notify of kv-1 (NONE, epoch 4) on h1: killed after 10000 ms timeout"
+    );
+    assert_eq!(hooks[1]["body"]["ok"], false);
+    assert_eq!(
+        events("&kind=event").await.len(),
+        engine_events,
+        "a hook is not an engine event"
+    );
+}
