@@ -190,3 +190,78 @@ fn redis_behind_a_pair_recovers_from_a_watchdog_fault_under_every_policy() {
     )
     .unwrap();
 }
+
+/// A second stock server: Debian's nginx (an HTTP watchdog probe stands in for the watchdog),
+/// serving the pair's REF data set through the service address across a duplex restart.
+#[test]
+fn nginx_behind_a_pair_serves_through_its_service_address_across_a_duplex_restart() {
+    if !have("/usr/sbin/nginx") {
+        let msg = "nginx not installed: apt-get install nginx, or run ./scripts/test";
+        assert!(
+            std::env::var("DUPLEX_SYSTEM_TESTS").as_deref() != Ok("1"),
+            "{msg}"
+        );
+        println!("skipped: {msg}");
+        return;
+    }
+    let service = support::free_port();
+    let site = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/nginx-site");
+    let up = Up::start_config(|listen, ports| {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/nginx.toml"
+        ))
+        .unwrap();
+        text.replace("127.0.0.1:7420", &format!("127.0.0.1:{listen}"))
+            .replace("state_dir = \"../.duplex/nginx\"", "state_dir = \"state\"")
+            .replace("\"8081\"", &format!("\"{}\"", ports[0]))
+            .replace("\"8082\"", &format!("\"{}\"", ports[1]))
+            .replace("\"8083\"", &format!("\"{}\"", ports[2]))
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{service}"))
+            .replace(
+                "ref_data = \"nginx-site\"",
+                &format!("ref_data = \"{site}\""),
+            )
+            .replace("token = \"demo-token\"", "token = \"test-token\"")
+    });
+    let get = |path: &str| -> Option<String> {
+        let mut s = TcpStream::connect_timeout(
+            &([127, 0, 0, 1], service).into(),
+            Duration::from_millis(500),
+        )
+        .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut s, &mut body).ok()?;
+        body.starts_with("HTTP/1.1 200").then_some(body)
+    };
+    up.wait_duplex(1);
+    let page = up.wait_for("nginx serving the site through the service address", || {
+        get("/")
+    });
+    assert!(page.contains("served by the ACT of pair web"), "{page}");
+    up.cli(&["faulty", "host-a", "on"]);
+    up.cli(&[
+        "fault", "web", "--unit", "act", "--kind", "watchdog", "--wait", "60",
+    ]);
+    let status = up.wait_duplex(3);
+    let events = up.events();
+    assert!(
+        events.contains("probe health"),
+        "the watchdog probe detected it: {events}"
+    );
+    assert!(events.contains("duplex restart (PH2.5)"), "{events}");
+    let page = up.wait_for("nginx serving again through the service address", || {
+        get("/")
+    });
+    assert!(page.contains("served by the ACT of pair web"), "{page}");
+    assert!(
+        status["pairs"][0]["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["host"] == "spare-1")
+    );
+    up.stop();
+}

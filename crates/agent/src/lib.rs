@@ -10,6 +10,7 @@
 mod exec;
 mod hooks;
 mod link;
+mod vip;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -78,6 +79,8 @@ pub(crate) struct Shared<D> {
     pub synced: Mutex<BTreeMap<UnitId, Millis>>,
     /// The role-change hooks' workers.
     pub hooks: hooks::Hooks,
+    /// The virtual-address workers (`[pairs.service] mode = "vip"`).
+    pub vips: vip::Vips,
 }
 
 impl<D: Driver> Shared<D> {
@@ -101,9 +104,12 @@ impl<D: Driver> Shared<D> {
             .join("run")
     }
 
-    /// The unit's role here changed from `previous` to `role`: queues its hooks (they run in
-    /// the background, in order, and report `HookRan`).
+    /// The unit's role here changed from `previous` to `role`: queues the claim or release of
+    /// its pair's virtual address, if it has one, and its hooks (both run in the background,
+    /// in order, and report `HookRan`).
     pub fn role_changed(&self, unit: &UnitRef, previous: Role, role: Role, epoch: Epoch) {
+        self.vips
+            .changed(unit, &self.cfg.host, previous, role, epoch, &self.reports);
         if unit.spec.hooks.is_empty() {
             return;
         }
@@ -188,6 +194,7 @@ pub async fn run<D: Driver>(
         lease: Mutex::new(Duration::from_secs(3)),
         synced: Mutex::default(),
         hooks: hooks::Hooks::default(),
+        vips: vip::Vips::default(),
     });
     tracing::info!(host = %shared.cfg.host, controller = %shared.cfg.controller, "agent starting");
     let tasks = [
@@ -206,11 +213,33 @@ pub async fn run<D: Driver>(
         t.abort();
     }
     shared.hooks.abort_all();
+    shared.vips.abort_all();
     let running = shared.driver.running();
     for unit in running {
         if let Err(e) = shared.driver.stop(&unit).await {
             tracing::warn!(host = %shared.cfg.host, %unit, error = %e, "stop at shutdown failed");
         }
+    }
+    // Like keepalived at shutdown: the virtual addresses claimed here go too.
+    let epochs: BTreeMap<UnitId, Epoch> = shared
+        .units
+        .lock()
+        .await
+        .iter()
+        .map(|(id, l)| (id.clone(), l.epoch))
+        .collect();
+    for (unit, vip) in shared.vips.held() {
+        let epoch = epochs.get(&unit).copied().unwrap_or_default();
+        let report = vip::apply(vip::Move {
+            unit,
+            host: shared.cfg.host.clone(),
+            vip,
+            claim: false,
+            role: Role::None,
+            epoch,
+        })
+        .await;
+        shared.report(report);
     }
     tracing::info!(host = %shared.cfg.host, "agent stopped");
     Ok(())

@@ -125,6 +125,7 @@ impl Rig {
             unit: UnitId::new("u1"),
             peer: UnitId::new("u2"),
             spec,
+            vip: None,
         };
         let init = dir.path().join("init");
         let store = duplex_store::InitStore::open(&init).unwrap();

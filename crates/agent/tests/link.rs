@@ -31,6 +31,7 @@ fn unit_ref() -> UnitRef {
         unit: UnitId::new("u1"),
         peer: UnitId::new("u2"),
         spec,
+        vip: None,
     }
 }
 

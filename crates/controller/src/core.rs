@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use duplex_engine::{Command, Event, Intent, Ready, State, Timer, TimerKind};
 use duplex_model::wire::{
-    AgentCommand, AgentReport, Envelope, ReportBatch, StepAction, SyncRequest, UnitRef,
+    AgentCommand, AgentReport, Envelope, ReportBatch, StepAction, SyncRequest, UnitRef, VipSpec,
 };
 use duplex_model::{FaultKind, HostId, Millis, PairId, Role, UnitId};
 use duplex_store::{HistoryQuery, HistoryRecord, StateStore};
@@ -380,7 +380,7 @@ impl Controller {
                             },
                             step.deadline,
                         );
-                        let unit = self.unit_ref(&pair.id, &u.id);
+                        let unit = self.unit_ref(&pair.id, &u.id, &host);
                         let action = step_action(step.action);
                         self.queue(
                             &host,
@@ -405,7 +405,7 @@ impl Controller {
                             );
                         }
                         if let Some((role, epoch)) = u.granted {
-                            let unit = self.unit_ref(&pair.id, &u.id);
+                            let unit = self.unit_ref(&pair.id, &u.id, &host);
                             self.queue(&host, AgentCommand::Role { unit, role, epoch });
                         }
                     }
@@ -912,14 +912,14 @@ impl Controller {
                 role,
                 epoch,
             } => {
-                let unit = self.unit_ref(&pair, &unit);
+                let unit = self.unit_ref(&pair, &unit, &host);
                 self.queue(&host, AgentCommand::Role { unit, role, epoch });
             }
         }
     }
 
     fn step_cmd(&mut self, t: &duplex_engine::StepTarget, action: StepAction) {
-        let unit = self.unit_ref(&t.pair, &t.unit);
+        let unit = self.unit_ref(&t.pair, &t.unit, &t.host);
         self.queue(
             &t.host,
             AgentCommand::Step {
@@ -950,7 +950,7 @@ impl Controller {
 
     /// What an agent needs to know to run a unit: its pair, its peer, its spec with the host's
     /// variables merged in.
-    fn unit_ref(&self, pair: &PairId, unit: &UnitId) -> UnitRef {
+    fn unit_ref(&self, pair: &PairId, unit: &UnitId, on: &HostId) -> UnitRef {
         let p = &self.state.pairs[pair];
         let peer = p
             .units
@@ -963,8 +963,27 @@ impl Controller {
             .pair_of(unit)
             .map(|c| c.unit.clone())
             .expect("units come from the config");
-        let host = self.state.unit(unit).and_then(|u| u.host.clone());
-        if let Some(h) = host.as_ref().and_then(|h| self.cfg.host(h)) {
+        // The host the command goes to: a unit's old incarnation (being demoted or destroyed)
+        // runs with its old host's variables and virtual address, not its new one's.
+        let host = self.cfg.host(on);
+        let vip = host.and_then(|h| {
+            let pc = self.cfg.pair_of(unit)?;
+            let svc = pc.service.as_ref()?;
+            svc.vip.as_ref()?;
+            match crate::config::service_vip(svc, &pc.unit, pair.as_str(), h) {
+                Ok(v) => Some(VipSpec {
+                    address: v.address.to_string(),
+                    prefix: v.prefix,
+                    interface: v.interface,
+                    netns: v.netns,
+                }),
+                Err((_, e)) => {
+                    tracing::error!(%pair, %unit, error = %e, "cannot render the virtual address");
+                    None
+                }
+            }
+        });
+        if let Some(h) = host {
             spec.vars.extend(h.vars.clone());
         }
         UnitRef {
@@ -972,6 +991,7 @@ impl Controller {
             unit: unit.clone(),
             peer,
             spec,
+            vip,
         }
     }
 
@@ -980,17 +1000,19 @@ impl Controller {
     pub async fn bind_services(&mut self) -> Result<(), ControllerError> {
         for p in &self.cfg.pairs {
             let Some(svc) = &p.service else { continue };
+            // A virtual address is claimed by the agents, not served from here.
+            let Some(listen) = svc.listen else { continue };
             let protocols = duplex_proxy::Protocols {
                 tcp: svc.protocols.contains(&crate::config::Transport::Tcp),
                 udp: svc.protocols.contains(&crate::config::Transport::Udp),
             };
-            let proxy = duplex_proxy::ServiceProxy::bind(svc.listen, protocols)
+            let proxy = duplex_proxy::ServiceProxy::bind(listen, protocols)
                 .await
                 .map_err(|source| ControllerError::Service {
                     pair: p.spec.id.clone(),
                     source,
                 })?;
-            tracing::info!(pair = %p.spec.id, listen = %svc.listen, "service address bound");
+            tracing::info!(pair = %p.spec.id, %listen, "service address bound");
             self.services.insert(p.spec.id.clone(), Arc::new(proxy));
         }
         self.reconcile_services();

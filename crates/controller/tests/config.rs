@@ -118,3 +118,114 @@ fn an_unknown_service_field_or_mode_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn an_unknown_template_variable_in_a_unit_is_refused_at_load_and_braces_can_be_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duplex.toml");
+    let text = BASE.replace(
+        "command = [\"sleep\", \"100\"]",
+        "command = [\"sleep\", \"{nap}\"]",
+    );
+    std::fs::write(
+        &path,
+        format!("{text}listen = \"127.0.0.1:0\"\ntarget = \"127.0.0.1:{{port}}\"\n"),
+    )
+    .unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("units.kv") && err.contains("{nap}") && err.contains("process kv on host h1"),
+        "{err}"
+    );
+    let text = BASE.replace(
+        "command = [\"sleep\", \"100\"]",
+        "command = [\"sh\", \"-c\", \"echo {{ {port} }}\"]",
+    );
+    std::fs::write(
+        &path,
+        format!("{text}listen = \"127.0.0.1:0\"\ntarget = \"127.0.0.1:{{port}}\"\n"),
+    )
+    .unwrap();
+    Config::load(&path).unwrap();
+}
+
+const VIP_BASE: &str = r#"
+[units.kv]
+application = [{ name = "kv", command = ["sleep", "100"] }]
+
+[[hosts]]
+name = "h1"
+[[hosts]]
+name = "h2"
+
+[[pairs]]
+name = "kv"
+unit = "kv"
+act = "h1"
+sby = "h2"
+
+[pairs.service]
+mode = "vip"
+"#;
+
+fn load_vip(service: &str) -> Result<Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, format!("{VIP_BASE}{service}")).unwrap();
+    Config::load(&path).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_vip_service_needs_no_listen_and_refuses_proxy_fields() {
+    let err =
+        load_vip("address = \"10.0.0.100/24\"\ninterface = \"lo\"\nlisten = \"127.0.0.1:0\"\n")
+            .unwrap_err();
+    assert!(
+        err.contains("pairs[0].service.listen") && err.contains("not used with mode = \"vip\""),
+        "{err}"
+    );
+    let err = load_vip("interface = \"lo\"\n").unwrap_err();
+    assert!(
+        err.contains("pairs[0].service.address") && err.contains("needs address"),
+        "{err}"
+    );
+    let err = load_vip("address = \"10.0.0.100/33\"\ninterface = \"lo\"\n").unwrap_err();
+    assert!(err.contains("pairs[0].service.address"), "{err}");
+    let err = load_vip("address = \"fd00::1/64\"\ninterface = \"lo\"\n").unwrap_err();
+    assert!(err.contains("only IPv4"), "{err}");
+}
+
+#[test]
+fn a_proxy_service_needs_listen_and_target() {
+    let err = load("target = \"127.0.0.1:{port}\"\n").unwrap_err();
+    assert!(
+        err.contains("pairs[0].service.listen") && err.contains("needs listen"),
+        "{err}"
+    );
+    let err = load("listen = \"127.0.0.1:0\"\n").unwrap_err();
+    assert!(
+        err.contains("pairs[0].service.target") && err.contains("needs target"),
+        "{err}"
+    );
+    let err = load("listen = \"127.0.0.1:0\"\ntarget = \"127.0.0.1:{port}\"\ninterface = \"lo\"\n")
+        .unwrap_err();
+    assert!(err.contains("pairs[0].service.interface"), "{err}");
+}
+
+#[test]
+fn a_vip_on_a_missing_interface_of_a_local_host_is_refused_at_its_line() {
+    let err = load_vip("address = \"10.0.0.100/24\"\ninterface = \"eth9{host}\"\n").unwrap_err();
+    assert!(
+        err.contains("duplex.toml:19:13:") && err.contains("pairs[0].service.interface"),
+        "{err}"
+    );
+    assert!(
+        err.contains("interface eth9h1 does not exist on this host"),
+        "{err}"
+    );
+    // Loopback exists everywhere: the interface is rendered per host and found.
+    let cfg = load_vip("address = \"10.0.0.100/24\"\ninterface = \"lo\"\n").unwrap();
+    let vip = cfg.pairs[0].service.as_ref().unwrap().vip.clone().unwrap();
+    assert_eq!(vip.prefix, 24);
+    assert_eq!(vip.address.to_string(), "10.0.0.100");
+}

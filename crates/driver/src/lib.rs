@@ -57,17 +57,31 @@ impl UnitInstance {
     }
 }
 
-/// Replaces every `{key}` of `vars` in `text`; an unknown `{key}` is an error naming it.
+/// Replaces every `{key}` of `vars` in `text`; `{{` and `}}` are literal braces; an unknown
+/// `{key}` is an error naming it.
 pub fn render(text: &str, vars: &BTreeMap<String, String>) -> Result<String, DriverError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let Some(close) = rest[open..].find('}') else {
-            out.push_str(&rest[open..]);
+    while let Some(at) = rest.find(['{', '}']) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        // `{{` and `}}` stand for literal braces (configs of programs such as nginx need them);
+        // a lone `}` is kept as it is.
+        if let Some(after) = tail.strip_prefix("{{").or_else(|| tail.strip_prefix("}}")) {
+            out.push_str(&tail[..1]);
+            rest = after;
+            continue;
+        }
+        if let Some(after) = tail.strip_prefix('}') {
+            out.push('}');
+            rest = after;
+            continue;
+        }
+        let Some(close) = tail.find('}') else {
+            out.push_str(tail);
             return Ok(out);
         };
-        let key = &rest[open + 1..open + close];
+        let key = &tail[1..close];
         match vars.get(key) {
             Some(v) => out.push_str(v),
             None => {
@@ -77,7 +91,7 @@ pub fn render(text: &str, vars: &BTreeMap<String, String>) -> Result<String, Dri
                 });
             }
         }
-        rest = &rest[open + close + 1..];
+        rest = &tail[close + 1..];
     }
     out.push_str(rest);
     Ok(out)
@@ -259,6 +273,10 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(render("--port={port} {x", &vars).unwrap(), "--port=7501 {x");
+        assert_eq!(
+            render("events {{ n {port}; }}", &vars).unwrap(),
+            "events { n 7501; }"
+        );
         let err = render("{nope}", &vars).unwrap_err().to_string();
         assert!(err.contains("{nope}"), "{err}");
     }

@@ -77,6 +77,25 @@ pub struct UnitRef {
     pub peer: UnitId,
     /// How it runs.
     pub spec: UnitSpec,
+    /// The pair's virtual service address on this unit's host (`[pairs.service] mode =
+    /// "vip"`): claimed by the agent while the unit is ACT here, released when it stops being.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<VipSpec>,
+}
+
+/// A virtual service address, rendered for one host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSpec {
+    /// The address, e.g. `10.0.0.100`.
+    pub address: String,
+    /// Its prefix length, e.g. `24`.
+    pub prefix: u8,
+    /// The interface it goes on, e.g. `eth0`.
+    pub interface: String,
+    /// The named network namespace the interface is in, if not the host's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 /// An instruction to an agent. Every command carrying an epoch is refused when the agent has

@@ -1,0 +1,319 @@
+//! System test: a pair's virtual service address (`[pairs.service] mode = "vip"`) follows the
+//! ACT through the seed's duplex restart, claimed and released by the agents.
+//!
+//! Each duplex host (`host-a`, `host-b`, `spare-1`) gets a network namespace with an `eth0`
+//! on a bridge (in a namespace of its own), as does a `client`; the units (the sample service)
+//! run inside their host's namespace through `ip netns exec`, listening on 0.0.0.0:7600, so
+//! each answers for the VIP exactly while its host holds it. The agents themselves run in the
+//! test's own namespace (`duplex up`) and manage the VIP inside the host's namespace
+//! (`netns = "PREFIX-{host}"`).
+//!
+//! Needs root, iproute2 (`ip netns`) and iputils-arping; without them it prints "skipped: …",
+//! or fails naming the package when `DUPLEX_SYSTEM_TESTS=1`. A drop guard deletes every
+//! namespace, also on failure; the test then checks that none is left.
+
+mod support;
+
+use std::fs::File;
+use std::io::{self, BufRead as _, BufReader, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+use support::Up;
+
+const PORT: u16 = 7600;
+const HOSTS: [&str; 3] = ["host-a", "host-b", "spare-1"];
+
+#[test]
+fn the_virtual_address_follows_the_act_through_a_duplex_restart() {
+    if let Err(missing) = prerequisites() {
+        if std::env::var("DUPLEX_SYSTEM_TESTS").as_deref() == Ok("1") {
+            panic!("system test prerequisite missing (DUPLEX_SYSTEM_TESTS=1): {missing}");
+        }
+        eprintln!("skipped: {missing}");
+        return;
+    }
+    let lab = Lab::new();
+    let names = lab.created.clone();
+    run_scenario(&lab);
+    drop(lab);
+    let left: Vec<String> = ip(&["netns", "list"])
+        .expect("ip netns list")
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|ns| names.iter().any(|ours| ours == ns))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+fn run_scenario(lab: &Lab) {
+    let vip_addr = lab.address(100);
+    let vip = SocketAddr::new(IpAddr::V4(vip_addr), PORT);
+    let prefix = lab.prefix.clone();
+    let up = Up::start_config(|listen, _ports| config(listen, &prefix, vip_addr));
+    up.wait_duplex(1);
+    let role = up.wait_for("the VIP answers as ACT 1 from the client", || {
+        fetch(&lab.client, vip, "ROLE")
+            .ok()
+            .filter(|r| r == "act 1")
+    });
+    assert_eq!(role, "act 1");
+    assert!(holds(&lab.ns("host-a"), vip_addr), "host-a holds the VIP");
+    assert!(!holds(&lab.ns("host-b"), vip_addr), "host-b does not");
+    up.wait_event("hook vip of kv-1 (ACT, epoch 1) on host-a: claimed");
+
+    up.cli(&["faulty", "host-a", "on"]);
+    up.cli(&[
+        "fault", "kv", "--unit", "act", "--kind", "watchdog", "--wait", "60",
+    ]);
+    let status = up.wait_duplex(3);
+    let role = up.wait_for("the VIP answers as ACT 3 from the client", || {
+        fetch(&lab.client, vip, "ROLE")
+            .ok()
+            .filter(|r| r == "act 3")
+    });
+    assert_eq!(role, "act 3");
+    // The new ACT's namespace holds the VIP; the old one released it.
+    let act_host = status["pairs"][0]["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["role"] == "act")
+        .and_then(|u| u["host"].as_str())
+        .unwrap()
+        .to_owned();
+    assert_ne!(act_host, "host-a");
+    up.wait_for("host-a to release the VIP", || {
+        (!holds(&lab.ns("host-a"), vip_addr)).then_some(())
+    });
+    assert!(
+        holds(&lab.ns(&act_host), vip_addr),
+        "{act_host} holds the VIP"
+    );
+    for host in HOSTS.iter().filter(|h| **h != act_host) {
+        assert!(
+            !holds(&lab.ns(host), vip_addr),
+            "{host} must not hold the VIP"
+        );
+    }
+    let events = up.events();
+    assert!(
+        events.contains("hook vip of kv-1") && events.contains(": released"),
+        "{events}"
+    );
+    up.stop();
+}
+
+fn config(listen: u16, prefix: &str, vip: Ipv4Addr) -> String {
+    let mut text = format!(
+        r#"
+[controller]
+listen = "127.0.0.1:{listen}"
+token = "test-token"
+state_dir = "state"
+lease_ms = 2000
+fence_margin_ms = 1000
+poll_ms = 500
+
+[engine]
+policy = "duplex-restart"
+probation_ms = 60000
+step_timeout_ms = {{ "PH0.5" = 8000, "PH1.0" = 8000, "PH2.0" = 8000, "PH2.5" = 10000, "PH3.0" = 10000, "PH3.5" = 10000, "auto-heal" = 15000 }}
+
+[init_store]
+sync_ms = 200
+
+[units.kv]
+watchdog_ms = 1000
+middleware = [{{ name = "mw", command = ["sleep", "1000000"] }}]
+application = [{{ name = "kv", command = ["ip", "netns", "exec", "{prefix}-{{host}}", "{{duplex}}", "sample", "--listen", "0.0.0.0:{PORT}", "--data", "{{data_dir}}"] }}]
+"#
+    );
+    for (i, host) in HOSTS.iter().enumerate() {
+        let spare = i == 2;
+        text.push_str(&format!(
+            "\n[[hosts]]\nname = \"{host}\"\nspare = {spare}\n"
+        ));
+    }
+    text.push_str(&format!(
+        r#"
+[[pairs]]
+name = "kv"
+unit = "kv"
+act = "host-a"
+sby = "host-b"
+
+[pairs.service]
+mode = "vip"
+address = "{vip}/24"
+interface = "eth0"
+netns = "{prefix}-{{host}}"
+"#
+    ));
+    text
+}
+
+/// Whether namespace `netns` has `addr` on its `eth0`.
+fn holds(netns: &str, addr: Ipv4Addr) -> bool {
+    let shown = ip(&["-n", netns, "-4", "-o", "addr", "show", "dev", "eth0"]).unwrap_or_default();
+    shown.contains(&format!(" {addr}/"))
+}
+
+/// What is missing for this test, naming the Debian package.
+fn prerequisites() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root (network namespaces, addresses, raw sockets)".to_owned());
+    }
+    ip(&["netns", "list"])
+        .map_err(|error| format!("`ip netns` unusable ({error}): install iproute2"))?;
+    let arping = output("arping", &["-V"])
+        .map_err(|error| format!("`arping` missing ({error}): install iputils-arping"))?;
+    if !arping.contains("iputils") {
+        return Err("`arping` is not the iputils one: install iputils-arping".to_owned());
+    }
+    Ok(())
+}
+
+/// The namespaces of one run, and the bridge linking them; dropping it deletes them all.
+struct Lab {
+    prefix: String,
+    client: String,
+    subnet: u8,
+    created: Vec<String>,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let pid = std::process::id();
+        let prefix = format!("dxup-{pid}");
+        let mut lab = Lab {
+            client: format!("{prefix}-client"),
+            prefix,
+            subnet: u8::try_from(pid % 200).unwrap(),
+            created: Vec::new(),
+        };
+        remove_leftovers();
+        let br = lab.ns("br");
+        let members: Vec<String> = HOSTS
+            .iter()
+            .map(|h| lab.ns(h))
+            .chain([lab.client.clone()])
+            .collect();
+        for ns in [br.clone()].iter().chain(&members) {
+            must(&["netns", "add", ns]);
+            lab.created.push(ns.clone());
+            must(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        must(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
+        must(&["-n", &br, "link", "set", "br0", "up"]);
+        for (index, ns) in members.iter().enumerate() {
+            let n = u8::try_from(index + 1).unwrap();
+            let port = format!("p{n}");
+            must(&[
+                "-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                ns,
+            ]);
+            must(&["-n", &br, "link", "set", &port, "master", "br0"]);
+            must(&["-n", &br, "link", "set", &port, "up"]);
+            let cidr = format!("{}/24", lab.address(n));
+            must(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"]);
+            must(&["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        lab
+    }
+
+    /// The namespace of a duplex host (or of `br`, `client`).
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn address(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 78, self.subnet, host)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the interfaces in it, and a veth goes with either end.
+        for ns in self.created.iter().rev() {
+            if let Err(error) = ip(&["netns", "del", ns]) {
+                eprintln!("cleanup: ip netns del {ns}: {error}");
+            }
+        }
+    }
+}
+
+/// Deletes namespaces of earlier runs that were killed before their guard ran: `dxup-PID-*`
+/// whose process is gone (or is this one, from an earlier life of the same pid).
+fn remove_leftovers() {
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
+    let own = std::process::id().to_string();
+    for ns in list
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+    {
+        let Some(pid) = ns
+            .strip_prefix("dxup-")
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(pid, _)| pid)
+        else {
+            continue;
+        };
+        if pid == own || !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// One request to the sample service over a new TCP connection made from namespace `netns`.
+fn fetch(netns: &str, addr: SocketAddr, line: &str) -> io::Result<String> {
+    let netns = netns.to_owned();
+    let line = line.to_owned();
+    std::thread::spawn(move || {
+        // Only this short-lived thread enters the namespace.
+        let ns = File::open(format!("/run/netns/{netns}"))?;
+        setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        writeln!(stream, "{line}")?;
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer)?;
+        Ok(answer.trim().to_owned())
+    })
+    .join()
+    .map_err(|_| io::Error::other("fetch thread panicked"))?
+}
+
+fn must(args: &[&str]) {
+    if let Err(error) = ip(args) {
+        panic!("ip {}: {error}", args.join(" "));
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    output("ip", args)
+}
+
+/// Runs a short command; its stdout, or an error with its stderr.
+fn output(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| error.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr))
+    } else {
+        Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
