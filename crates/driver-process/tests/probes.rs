@@ -5,27 +5,19 @@
 //! `DUPLEX_UNIT` is alive (`exec` probes carry it too). The driver is dropped before the
 //! temporary directory.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use duplex_driver::{Driver, DriverError, Observation, UnitInstance};
-use duplex_driver_process::ProcessDriver;
+use duplex_driver::{Driver, DriverError, Observation};
 use duplex_model::{
-    Epoch, FaultKind, HttpCheck, ProbeCheck, ProbeSpec, ProcessSpec, Role, UdpCheck, UnitId,
-    UnitSpec,
+    FaultKind, HttpCheck, ProbeCheck, ProbeSpec, ProcessSpec, UdpCheck, UnitId, UnitSpec,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tempfile::TempDir;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use tokio::time::{Instant, sleep, timeout};
 
-const TEST_LIMIT: Duration = Duration::from_secs(60);
-const WAIT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(20);
+mod common;
+use common::*;
 
 /// A server for every kind of probe, on `127.0.0.1:PORT` (argv[1]) once `$DUPLEX_DATA_DIR/go`
 /// exists: TCP (an HTTP/1.0 answer with the status in `$DUPLEX_DATA_DIR/status`, 200 by
@@ -93,23 +85,8 @@ while True:
     time.sleep(1)
 "#;
 
-async fn bounded(test: impl Future<Output = ()>) {
-    timeout(TEST_LIMIT, test)
-        .await
-        .expect("the test took longer than its limit");
-}
-
 fn unit_id(test: &str) -> UnitId {
-    UnitId::new(format!("probe-{test}-{}", std::process::id()))
-}
-
-fn process(name: &str, argv: &[&str]) -> ProcessSpec {
-    ProcessSpec {
-        name: name.into(),
-        command: argv.iter().map(|s| (*s).to_owned()).collect(),
-        env: BTreeMap::new(),
-        cwd: None,
-    }
+    common::unit_id(&format!("probe-{test}"))
 }
 
 fn server() -> ProcessSpec {
@@ -154,155 +131,11 @@ fn spec(application: Vec<ProcessSpec>, probes: Vec<ProbeSpec>) -> UnitSpec {
     }
 }
 
-struct Rig {
-    driver: ProcessDriver,
-    rx: UnboundedReceiver<Observation>,
-    dir: TempDir,
-}
-
-impl Rig {
-    fn new() -> Self {
-        let (tx, rx) = unbounded_channel();
-        Self {
-            driver: ProcessDriver::new(tx),
-            rx,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn data_dir(&self, unit: &UnitId) -> PathBuf {
-        self.dir.path().join("data").join(unit.as_str())
-    }
-
-    fn runtime_dir(&self, unit: &UnitId) -> PathBuf {
-        self.dir.path().join("run").join(unit.as_str())
-    }
-
-    fn instance(&self, unit: &UnitId, spec: UnitSpec) -> UnitInstance {
-        fs::create_dir_all(self.data_dir(unit)).unwrap();
-        UnitInstance {
-            pair: "pair-1".into(),
-            unit: unit.clone(),
-            host: "host-a".into(),
-            spec,
-            data_dir: self.data_dir(unit),
-            runtime_dir: self.runtime_dir(unit),
-            role: Role::Sby,
-            epoch: Epoch(2),
-        }
-    }
-
-    async fn next(&mut self) -> Observation {
-        match timeout(WAIT, self.rx.recv()).await {
-            Ok(Some(observation)) => observation,
-            Ok(None) => panic!("the observation channel closed"),
-            Err(_) => panic!("no observation within {WAIT:?}"),
-        }
-    }
-
-    async fn nothing_for(&mut self, quiet: Duration) {
-        if let Ok(observation) = timeout(quiet, self.rx.recv()).await {
-            panic!("unexpected observation {observation:?}");
-        }
-    }
-
-    /// The next observation, which must be a `ProbeFailed`: `(probe, fault, detail)`.
-    async fn probe_failed(&mut self, unit: &UnitId) -> (String, FaultKind, String) {
-        match self.next().await {
-            Observation::ProbeFailed {
-                unit: u,
-                probe,
-                fault,
-                detail,
-            } => {
-                assert_eq!(&u, unit);
-                (probe, fault, detail)
-            }
-            other => panic!("expected ProbeFailed, got {other:?}"),
-        }
-    }
-
-    async fn pid(&self, unit: &UnitId, name: &str) -> Pid {
-        let status = self.driver.processes(unit).await.unwrap();
-        let pid = status
-            .iter()
-            .find(|p| p.name == name)
-            .and_then(|p| p.pid)
-            .unwrap_or_else(|| panic!("{name} does not run"));
-        Pid::from_raw(i32::try_from(pid).unwrap())
-    }
-}
-
-fn ready(unit: &UnitId) -> Observation {
-    Observation::Ready { unit: unit.clone() }
-}
-
-fn alive(pid: Pid) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .next()
-        .unwrap();
-    !matches!(state, "Z" | "X")
-}
-
-fn unit_processes(unit: &UnitId) -> Vec<Pid> {
-    let marker = format!("DUPLEX_UNIT={unit}");
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .map(Pid::from_raw)
-        .filter(|&pid| {
-            fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
-        })
-        .filter(|&pid| alive(pid))
-        .collect()
-}
-
-async fn assert_gone(unit: &UnitId) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = unit_processes(unit);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processes of {unit} survive: {left:?}"
-        );
-        sleep(POLL).await;
-    }
-}
-
-async fn assert_dead(pid: Pid) {
-    let deadline = Instant::now() + WAIT;
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "process {pid} survives");
-        sleep(POLL).await;
-    }
-}
-
 /// Waits for `path` to hold a PID (a line), removes the file, and returns the PID.
 async fn take_pid(path: &Path) -> Pid {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(text) = fs::read_to_string(path)
-            && text.ends_with('\n')
-        {
-            fs::remove_file(path).unwrap();
-            return Pid::from_raw(text.trim().parse().unwrap());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} was not written",
-            path.display()
-        );
-        sleep(POLL).await;
-    }
+    let text = read_when_written(path).await;
+    fs::remove_file(path).unwrap();
+    Pid::from_raw(text.trim().parse().unwrap())
 }
 
 #[tokio::test]
