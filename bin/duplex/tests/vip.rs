@@ -17,9 +17,9 @@ mod support;
 use std::fs::File;
 use std::io::{self, BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use duplex_vip::testnet::{ip, must, prerequisites, remove_leftovers};
 use nix::sched::{CloneFlags, setns};
 use support::Up;
 
@@ -162,21 +162,6 @@ fn holds(netns: &str, addr: Ipv4Addr) -> bool {
     shown.contains(&format!(" {addr}/"))
 }
 
-/// What is missing for this test, naming the Debian package.
-fn prerequisites() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("needs root (network namespaces, addresses, raw sockets)".to_owned());
-    }
-    ip(&["netns", "list"])
-        .map_err(|error| format!("`ip netns` unusable ({error}): install iproute2"))?;
-    let arping = output("arping", &["-V"])
-        .map_err(|error| format!("`arping` missing ({error}): install iputils-arping"))?;
-    if !arping.contains("iputils") {
-        return Err("`arping` is not the iputils one: install iputils-arping".to_owned());
-    }
-    Ok(())
-}
-
 /// The namespaces of one run, and the bridge linking them; dropping it deletes them all.
 struct Lab {
     prefix: String,
@@ -195,7 +180,7 @@ impl Lab {
             subnet: u8::try_from(pid % 200).unwrap(),
             created: Vec::new(),
         };
-        remove_leftovers();
+        remove_leftovers("dxup");
         let br = lab.ns("br");
         let members: Vec<String> = HOSTS
             .iter()
@@ -246,30 +231,6 @@ impl Drop for Lab {
     }
 }
 
-/// Deletes namespaces of earlier runs that were killed before their guard ran: `dxup-PID-*`
-/// whose process is gone (or is this one, from an earlier life of the same pid).
-fn remove_leftovers() {
-    let Ok(list) = ip(&["netns", "list"]) else {
-        return;
-    };
-    let own = std::process::id().to_string();
-    for ns in list
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-    {
-        let Some(pid) = ns
-            .strip_prefix("dxup-")
-            .and_then(|rest| rest.split_once('-'))
-            .map(|(pid, _)| pid)
-        else {
-            continue;
-        };
-        if pid == own || !std::path::Path::new("/proc").join(pid).exists() {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
-
 /// One request to the sample service over a new TCP connection made from namespace `netns`.
 fn fetch(netns: &str, addr: SocketAddr, line: &str) -> io::Result<String> {
     let netns = netns.to_owned();
@@ -287,33 +248,4 @@ fn fetch(netns: &str, addr: SocketAddr, line: &str) -> io::Result<String> {
     })
     .join()
     .map_err(|_| io::Error::other("fetch thread panicked"))?
-}
-
-fn must(args: &[&str]) {
-    if let Err(error) = ip(args) {
-        panic!("ip {}: {error}", args.join(" "));
-    }
-}
-
-fn ip(args: &[&str]) -> Result<String, String> {
-    output("ip", args)
-}
-
-/// Runs a short command; its stdout, or an error with its stderr.
-fn output(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|error| error.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr))
-    } else {
-        Err(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }

@@ -30,6 +30,7 @@ mod command;
 mod error;
 mod garp;
 mod netns;
+pub mod testnet;
 
 use std::net::IpAddr;
 use std::path::Path;

@@ -21,12 +21,12 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use duplex_vip::testnet::{ip, must, prerequisites, remove_leftovers};
 use duplex_vip::{Announcer, Vip};
 use nix::sched::{CloneFlags, setns};
 
@@ -38,8 +38,6 @@ const MAC_CLIENT: &str = "02:77:00:00:00:03";
 const FOLLOW_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the client is watched not following a move made without an announcement.
 const SILENT_WINDOW: Duration = Duration::from_millis(300);
-/// Deadline of each `ip` command the test runs itself.
-const IP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[test]
 fn vip_moves_between_namespaces_and_the_client_follows() {
@@ -215,21 +213,6 @@ fn follow(lab: &Lab, vip: SocketAddr, mac: &str, host: &str, moving: impl FnOnce
     }
 }
 
-/// What is missing for this test, naming the Debian package.
-fn prerequisites() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("needs root (network namespaces, addresses, raw sockets)".to_owned());
-    }
-    ip(&["netns", "list"])
-        .map_err(|error| format!("`ip netns` unusable ({error}): install iproute2"))?;
-    let arping = output("arping", &["-V"], IP_TIMEOUT)
-        .map_err(|error| format!("`arping` missing ({error}): install iputils-arping"))?;
-    if !arping.contains("iputils") {
-        return Err("`arping` is not the iputils one: install iputils-arping".to_owned());
-    }
-    Ok(())
-}
-
 /// The namespaces, bridge, veths and servers of one run; dropping it removes them all.
 struct Lab {
     ha: String,
@@ -254,7 +237,7 @@ impl Lab {
             created: Vec::new(),
             servers: Vec::new(),
         };
-        remove_leftovers();
+        remove_leftovers("dxvip");
         for ns in lab.namespaces() {
             must(&["netns", "add", &ns]);
             lab.created.push(ns.clone());
@@ -299,30 +282,6 @@ impl Lab {
 
     fn address(&self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 77, self.subnet, host)
-    }
-}
-
-/// Deletes namespaces of earlier runs that were killed before their guard ran: `dxvip-PID-*`
-/// whose process is gone (or is this one, from an earlier life of the same pid).
-fn remove_leftovers() {
-    let Ok(list) = ip(&["netns", "list"]) else {
-        return;
-    };
-    let own = std::process::id().to_string();
-    for ns in list
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-    {
-        let Some(pid) = ns
-            .strip_prefix("dxvip-")
-            .and_then(|rest| rest.split_once('-'))
-            .map(|(pid, _)| pid)
-        else {
-            continue;
-        };
-        if pid == own || !std::path::Path::new("/proc").join(pid).exists() {
-            let _ = ip(&["netns", "del", ns]);
-        }
     }
 }
 
@@ -451,53 +410,5 @@ fn until<T>(deadline: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<
             return None;
         }
         thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn must(args: &[&str]) {
-    if let Err(error) = ip(args) {
-        panic!("ip {}: {error}", args.join(" "));
-    }
-}
-
-fn ip(args: &[&str]) -> Result<String, String> {
-    output("ip", args, IP_TIMEOUT)
-}
-
-/// Runs a short command with a deadline; its stdout, or an error with its stderr.
-fn output(program: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| error.to_string())?;
-    let end = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(1)),
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("timed out after {timeout:?}"));
-            }
-        }
-    };
-    // These commands print little, well under a pipe's buffer, so reading after the exit
-    // cannot block.
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stdout.take() {
-        let _ = pipe.read_to_string(&mut stdout);
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    if status.success() {
-        Ok(stdout + &stderr)
-    } else {
-        Err(format!("{status}: {}", stderr.trim()))
     }
 }
