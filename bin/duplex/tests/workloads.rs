@@ -103,14 +103,15 @@ fn measure(policy: &str) -> Outage {
     let fault_at = Instant::now();
     up.cli(&["fault", "redis", "--unit", "act", "--kind", "watchdog"]);
     let status = up.wait_duplex(2);
+    // Recovered: a few requests in a row succeed again after the fault.
     up.wait_for("the client succeeding after the recovery", || {
-        log.lock()
-            .unwrap()
+        let log = log.lock().unwrap();
+        let tail: Vec<bool> = log.iter().rev().take(5).map(|(_, ok)| *ok).collect();
+        let after = log
             .iter()
-            .any(|(t, ok)| *ok && *t > fault_at + Duration::from_millis(100))
-            .then_some(())
+            .any(|(t, ok)| *ok && *t > fault_at + Duration::from_millis(100));
+        (after && tail.len() == 5 && tail.iter().all(|ok| *ok)).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
     client.join().unwrap();
     up.stop();
