@@ -130,43 +130,22 @@ const FAILED_RACK: usize = 0;
 /// When the rack fails (virtual ms).
 const T0: Millis = 1_000;
 
-fn host_name(i: usize) -> HostId {
-    HostId::new(format!("h{i:04}"))
-}
-
 fn rack_of(host: usize) -> usize {
     host / RACK_SIZE
 }
 
 fn build() -> State {
-    let mut hosts = Vec::with_capacity(REGULAR_HOSTS + SPARE_HOSTS);
-    for i in 0..REGULAR_HOSTS + SPARE_HOSTS {
-        let spare = i >= REGULAR_HOSTS;
-        let capacity = if spare {
-            SPARE_CAPACITY
-        } else {
-            REGULAR_CAPACITY
-        };
-        hosts.push(HostSpec {
-            id: host_name(i),
-            spare,
-            capacity,
-        });
+    for i in 0..PAIRS {
+        let (a, b) = pair_hosts(i, REGULAR_HOSTS);
+        assert_ne!(rack_of(a), rack_of(b), "pair {i}: ACT and SBY in one rack");
     }
-    let pairs = (0..PAIRS)
-        .map(|i| {
-            let (a, b) = (i % REGULAR_HOSTS, (i + REGULAR_HOSTS / 2) % REGULAR_HOSTS);
-            assert_ne!(rack_of(a), rack_of(b), "pair {i}: ACT and SBY in one rack");
-            PairSpec {
-                id: PairId::new(format!("p{i:05}")),
-                act: UnitId::new(format!("p{i:05}-a")),
-                act_host: host_name(a),
-                sby: UnitId::new(format!("p{i:05}-b")),
-                sby_host: host_name(b),
-            }
-        })
-        .collect();
-    State::new(EngineConfig::default(), hosts, pairs).expect("storm topology is valid")
+    fleet(
+        PAIRS,
+        REGULAR_HOSTS,
+        SPARE_HOSTS,
+        REGULAR_CAPACITY,
+        SPARE_CAPACITY,
+    )
 }
 
 fn failed_hosts() -> Vec<HostId> {

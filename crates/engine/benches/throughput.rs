@@ -42,34 +42,13 @@ const ROUNDS: usize = 2;
 const SETTLE_MS: Millis = 120_000;
 
 fn build() -> State {
-    let mut hosts = Vec::with_capacity(REGULAR_HOSTS + SPARE_HOSTS);
-    for i in 0..REGULAR_HOSTS + SPARE_HOSTS {
-        let spare = i >= REGULAR_HOSTS;
-        let capacity = if spare {
-            SPARE_CAPACITY
-        } else {
-            REGULAR_CAPACITY
-        };
-        hosts.push(HostSpec {
-            id: host_name(i),
-            spare,
-            capacity,
-        });
-    }
-    let pairs = (0..PAIRS)
-        .map(|i| PairSpec {
-            id: PairId::new(format!("p{i:05}")),
-            act: UnitId::new(format!("p{i:05}-a")),
-            act_host: host_name(i % REGULAR_HOSTS),
-            sby: UnitId::new(format!("p{i:05}-b")),
-            sby_host: host_name((i + REGULAR_HOSTS / 2) % REGULAR_HOSTS),
-        })
-        .collect();
-    State::new(EngineConfig::default(), hosts, pairs).expect("bench topology is valid")
-}
-
-fn host_name(i: usize) -> HostId {
-    HostId::new(format!("h{i:04}"))
+    fleet(
+        PAIRS,
+        REGULAR_HOSTS,
+        SPARE_HOSTS,
+        REGULAR_CAPACITY,
+        SPARE_CAPACITY,
+    )
 }
 
 /// Runs one fault stream to quiescence with the responder and records every event fed.

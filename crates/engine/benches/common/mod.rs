@@ -7,6 +7,51 @@ use super::*;
 #[allow(unused_imports)]
 use duplex_engine::model::FaultKind;
 
+/// The name of host `i`.
+pub(crate) fn host_name(i: usize) -> HostId {
+    HostId::new(format!("h{i:04}"))
+}
+
+/// Where pair `i` runs in a fleet of `regular` hosts: ACT on host `i % regular`, SBY half the
+/// fleet away (so a rack failure never takes both).
+pub(crate) fn pair_hosts(i: usize, regular: usize) -> (usize, usize) {
+    (i % regular, (i + regular / 2) % regular)
+}
+
+/// A fleet: `regular` hosts of `regular_cap`, then `spares` spare hosts of `spare_cap`, and
+/// `pairs` pairs placed by [`pair_hosts`], every pair running duplex.
+pub(crate) fn fleet(
+    pairs: usize,
+    regular: usize,
+    spares: usize,
+    regular_cap: u32,
+    spare_cap: u32,
+) -> State {
+    let hosts = (0..regular + spares)
+        .map(|i| {
+            let spare = i >= regular;
+            HostSpec {
+                id: host_name(i),
+                spare,
+                capacity: if spare { spare_cap } else { regular_cap },
+            }
+        })
+        .collect();
+    let pairs = (0..pairs)
+        .map(|i| {
+            let (a, b) = pair_hosts(i, regular);
+            PairSpec {
+                id: PairId::new(format!("p{i:05}")),
+                act: UnitId::new(format!("p{i:05}-a")),
+                act_host: host_name(a),
+                sby: UnitId::new(format!("p{i:05}-b")),
+                sby_host: host_name(b),
+            }
+        })
+        .collect();
+    State::new(EngineConfig::default(), hosts, pairs).expect("bench fleets are valid")
+}
+
 pub(crate) const RESET_MS: Millis = 200;
 pub(crate) const RESTART_APP_MS: Millis = 1_000;
 pub(crate) const RESTART_MW_MS: Millis = 3_000;
