@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use duplex_agent::AgentConfig;
 use duplex_driver::{FakeCall, FakeDriver};
 use duplex_model::wire::{
     AgentCommand, AgentReport, Envelope, ReportBatch, StepAction, SyncRequest, SyncResponse,
     UnitRef,
 };
-use duplex_model::{Epoch, Generation, HookSpec, HostId, PairId, Role, UnitId, UnitSpec};
+use duplex_model::{Epoch, Generation, HookSpec, PairId, Role, UnitId, UnitSpec};
 use tokio::sync::watch;
+
+mod common;
 
 /// A controller that hands out the commands the test queued (sequence number = position + 1)
 /// and keeps every report.
@@ -142,21 +143,10 @@ impl Rig {
             .route("/v1/agents/h1/sync", post(sync))
             .route("/v1/agents/h1/reports", post(reports))
             .with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (addr, server) = common::serve(app).await;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = FakeDriver::new(tx);
-        let cfg = AgentConfig {
-            host: HostId::new("h1"),
-            controller: format!("http://{addr}"),
-            token: None,
-            state_dir: dir.path().join("h1"),
-            init_store: init,
-            sync_ms: 100,
-            backup_ms: 3_600_000,
-            backup_keep: 1,
-        };
+        let cfg = common::agent_config(addr, dir.path(), init);
         let (stop, stop_rx) = watch::channel(false);
         let agent = tokio::spawn(duplex_agent::run(cfg, driver.clone(), rx, stop_rx));
         let rig = Rig {

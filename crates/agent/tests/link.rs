@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use duplex_agent::AgentConfig;
 use duplex_driver::{FakeCall, FakeDriver};
 use duplex_model::wire::{
     AgentCommand, AgentReport, Envelope, ReportBatch, StepAction, SyncResponse, UnitRef,
 };
-use duplex_model::{Epoch, Generation, HostId, PairId, Role, UnitId, UnitSpec};
+use duplex_model::{Epoch, Generation, PairId, Role, UnitId, UnitSpec};
+
+mod common;
 
 #[derive(Clone, Default)]
 struct Fake {
@@ -85,22 +86,11 @@ async fn garbage_from_the_controller_is_survived_and_stale_epochs_refused() {
         .route("/v1/agents/h1/sync", post(sync))
         .route("/v1/agents/h1/reports", post(reports))
         .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, server) = common::serve(app).await;
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = FakeDriver::new(tx);
-    let cfg = AgentConfig {
-        host: HostId::new("h1"),
-        controller: format!("http://{addr}"),
-        token: None,
-        state_dir: dir.path().join("h1"),
-        init_store: init,
-        sync_ms: 100,
-        backup_ms: 3_600_000,
-        backup_keep: 1,
-    };
+    let cfg = common::agent_config(addr, dir.path(), init);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(duplex_agent::run(cfg, driver.clone(), rx, stop_rx));
 
